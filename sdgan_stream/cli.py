@@ -1,0 +1,209 @@
+"""The ``sdgan-stream`` command line. Every subcommand's help states its defaults."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from dataclasses import fields, replace
+from pathlib import Path
+
+from . import __version__
+from .config import METHODS, AnonymizeOptions, load_options_file, parse_size
+from .errors import SdganStreamError
+
+log = logging.getLogger("sdgan_stream")
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+_DEFAULTS = AnonymizeOptions()
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows defaults; job options state theirs in their help text (their argparse default is SUPPRESS)."""
+
+
+def _size_arg(text: str) -> tuple[int, int] | None:
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_job_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by every command that anonymizes video (anonymize, demo, live, rtsp, bench).
+
+    They default to "not given" (SUPPRESS) so that a config file's values are only overridden by
+    flags the user actually typed.
+    """
+    unset = argparse.SUPPRESS
+    d = _DEFAULTS
+    parser.add_argument("--method", choices=METHODS, default=unset, help=f"how faces are replaced (default: {d.method})")
+    parser.add_argument("--thresh", type=float, default=unset, dest="threshold", help=f"detection score from which a face is covered (default: {d.threshold})")
+    parser.add_argument("--detect-size", type=_size_arg, default=unset, metavar="WxH", help="detector input size budget, aspect kept; 'full' = frame size (default: 960x960)")
+    parser.add_argument("--fallback", choices=("solid", "pixelate", "blur"), default=unset, help=f"cover for faces the generator cannot serve (default: {d.fallback})")
+    parser.add_argument("--margin", type=float, default=unset, dest="cover_margin", help=f"cover margin as a fraction of the face size (default: {d.cover_margin})")
+    parser.add_argument("--no-track", action="store_false", dest="track", default=unset, help="cover raw detections only, no tracking (faces can leak on missed frames)")
+    parser.add_argument("--weights", default=unset, help="generator bundle (.safetensors) for --method sdgan (default: the starter weights in the package)")
+    parser.add_argument("--backend", default=unset, help=f"generator backend: auto, eager, compile, onnxruntime, tensorrt (default: {d.backend})")
+    parser.add_argument("--device", default=unset, help=f"auto, cpu or cuda (default: {d.device})")
+    parser.add_argument("--seed", type=int, default=unset, help="fix the generated identities (default: new ones each run)")
+    parser.add_argument("--config", type=Path, default=None, help="TOML file with options; flags override it")
+
+
+def options_from_args(args: argparse.Namespace) -> AnonymizeOptions:
+    """Defaults, then the --config file, then the flags the user typed."""
+    options = AnonymizeOptions()
+    if getattr(args, "config", None):
+        options = replace(options, **load_options_file(args.config))
+    given = {f.name: getattr(args, f.name) for f in fields(AnonymizeOptions) if hasattr(args, f.name)}
+    return replace(options, **given)
+
+
+def _add_anonymize(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "anonymize",
+        help="anonymize a video file, or every video in a folder",
+        formatter_class=_HelpFormatter,
+        description="Replace every face in a video with an anonymized one. Audio, frame timing and rotation are kept.",
+    )
+    parser.add_argument("input", type=Path, help="a video file or a folder of videos")
+    parser.add_argument("-o", "--output", type=Path, default=None, help="output file (or folder for a folder input); default: <stem>_anonymized.<ext> beside the input")
+    add_job_options(parser)
+    parser.add_argument("--crf", type=int, default=argparse.SUPPRESS, help=f"x264 quality, lower is better (default: {_DEFAULTS.crf})")
+    parser.add_argument("--preset", default=argparse.SUPPRESS, help=f"x264 speed preset (default: {_DEFAULTS.preset})")
+    parser.add_argument("--no-audio", action="store_false", dest="audio", default=argparse.SUPPRESS, help="drop the audio instead of copying it")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=_run_anonymize)
+
+
+def _add_demo(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="make a short clip of real faces (photos shipped with installed packages) and anonymize it",
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument("-o", "--output", type=Path, default=Path("demo_anonymized.mp4"), help="anonymized output")
+    parser.add_argument("--keep-input", type=Path, default=Path("demo_input.mp4"), help="where the generated input clip is written")
+    add_job_options(parser)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=_run_demo)
+
+
+def _videos_in(folder: Path) -> list[Path]:
+    from .io.source import VIDEO_SUFFIXES
+
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES and "_anonymized" not in p.stem)
+
+
+def _anonymize_one(src: Path, dst: Path | None, options: AnonymizeOptions, *, progress: bool) -> int:
+    from .api import anonymize_video
+
+    bar = None
+
+    def start(info) -> None:
+        nonlocal bar
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=info.frame_count, unit="frame", desc=src.name, dynamic_ncols=True)
+
+    def written(_frame) -> None:
+        if bar is not None:
+            bar.update(1)
+
+    try:
+        report = anonymize_video(src, dst, options=options, on_start=start, on_frame_written=written)
+    finally:
+        if bar is not None:
+            bar.close()
+    faces = {k.removeprefix("faces_"): v for k, v in report.stats.items() if k.startswith("faces_")}
+    fallbacks = {k.removeprefix("fallback_"): v for k, v in report.stats.items() if k.startswith("fallback_")}
+    summary = f"{report.output}: {report.frames} frames, {report.fps:.1f} fps, faces {faces or 0}"
+    if fallbacks:
+        summary += f", fallbacks {fallbacks}"
+    if report.corrupt_packets:
+        summary += f", {report.corrupt_packets} corrupt packets skipped"
+    if report.interrupted:
+        print(f"interrupted: {summary} (a playable file of the frames done so far)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(summary, file=sys.stderr)
+    return EXIT_OK
+
+
+def _run_anonymize(args: argparse.Namespace) -> int:
+    options = options_from_args(args)
+    src: Path = args.input
+    if src.is_dir():
+        videos = _videos_in(src)
+        if not videos:
+            print(f"error: no video files in {src}", file=sys.stderr)
+            return EXIT_ERROR
+        out_dir = args.output
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        status = EXIT_OK
+        for video in videos:
+            dst = out_dir / f"{video.stem}_anonymized{video.suffix}" if out_dir else None
+            try:
+                code = _anonymize_one(video, dst, options, progress=not args.no_progress)
+            except SdganStreamError as error:
+                print(f"error: {error}", file=sys.stderr)
+                code = EXIT_ERROR
+            if code == EXIT_INTERRUPTED:
+                return code
+            status = max(status, code)
+        return status
+    return _anonymize_one(src, args.output, options, progress=not args.no_progress)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .samples import make_face_clip
+
+    clip = make_face_clip(args.keep_input, width=1280, height=720, frames=75, faces=3)
+    print(f"demo input: {clip.path} ({clip.width}x{clip.height}, {clip.frame_count} frames, 3 faces, with audio)", file=sys.stderr)
+    return _anonymize_one(clip.path, args.output, options_from_args(args), progress=not args.no_progress)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sdgan-stream",
+        description="Replace every face in a video with a generated face of a different identity.",
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_anonymize(subparsers)
+    _add_demo(subparsers)
+    return parser
+
+
+def _raise_keyboard_interrupt(signum: int, _frame: object) -> None:
+    # SIGTERM takes the same path as Ctrl-C: stop reading, finalize a playable output.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        return args.handler(args)
+    except SdganStreamError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except ValueError as error:  # invalid option values reach here from the options dataclass
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+

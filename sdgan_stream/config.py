@@ -1,0 +1,84 @@
+"""Options of an anonymization job, in one frozen dataclass shared by the CLI and the Python API.
+
+Stages never see this object: :func:`sdgan_stream.api.build_anonymizer` turns it into explicit
+constructor arguments, so every stage stays usable (and testable) on its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+__all__ = ["AnonymizeOptions", "METHODS", "load_options_file", "parse_size"]
+
+METHODS: tuple[str, ...] = ("sdgan", "solid", "pixelate", "blur")
+
+
+def parse_size(text: str) -> tuple[int, int] | None:
+    """'960x540' -> (960, 540); 'full' or 'none' -> None (detect at the frame's own size)."""
+    if text.lower() in ("full", "none", "0"):
+        return None
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"size must look like WIDTHxHEIGHT (e.g. 960x540) or 'full', got {text!r}") from None
+    if width < 32 or height < 32:
+        raise ValueError(f"size must be at least 32x32, got {text!r}")
+    return width, height
+
+
+@dataclass(frozen=True)
+class AnonymizeOptions:
+    """Everything a user can choose for one job. Defaults are the documented CLI defaults."""
+
+    method: str = "sdgan"  # sdgan | solid | pixelate | blur
+    threshold: float = 0.4  # detection score from which a face is shown (and so covered)
+    low_threshold: float = 0.15  # weaker detections only keep existing tracks alive
+    detect_size: tuple[int, int] | None = (960, 960)  # detector input budget (aspect kept); None = full size
+    cover_margin: float = 0.25  # covers extend this fraction of the face size beyond the box
+    fallback: str = "solid"  # cover for faces the generator cannot serve
+    track: bool = True
+    lookback_seconds: float = 0.5  # files only: covers a face in frames before its first detection
+    max_age_seconds: float = 0.5  # a lost track stays covered at its predicted box this long
+    crf: int = 20
+    preset: str = "veryfast"
+    audio: bool = True
+    weights: str | None = None  # generator bundle; None = the starter weights shipped in the package
+    backend: str = "auto"  # generator backend: auto | eager | compile | onnxruntime | tensorrt
+    device: str = "auto"  # auto | cpu | cuda
+    detector_provider: str | None = None  # onnxruntime execution provider for the detector
+    batch_size: int = 16  # most faces per generator call
+    seed: int | None = None  # fixes the fake identities (tests, reproducible demos)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        if self.fallback not in ("solid", "pixelate", "blur"):
+            raise ValueError(f"fallback must be solid, pixelate or blur, got {self.fallback!r}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        if not 0.0 < self.low_threshold <= self.threshold:
+            raise ValueError(f"low threshold must be in (0, threshold], got {self.low_threshold}")
+        if not 0 <= self.crf <= 51:
+            raise ValueError(f"crf must be in 0..51, got {self.crf}")
+
+    def with_overrides(self, **overrides: Any) -> AnonymizeOptions:
+        """A copy with the given fields replaced; ``None`` values are ignored (unset CLI flags)."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def load_options_file(path: str | Path) -> dict[str, Any]:
+    """Read options from a TOML file (``[anonymize]`` table or top level); unknown keys are errors."""
+    import tomllib
+
+    with open(path, "rb") as handle:
+        data = tomllib.load(handle)
+    data = data.get("anonymize", data)
+    known = {f.name for f in fields(AnonymizeOptions)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown option(s) in {path}: {', '.join(unknown)}")
+    if "detect_size" in data and isinstance(data["detect_size"], str):
+        data["detect_size"] = parse_size(data["detect_size"])
+    return data

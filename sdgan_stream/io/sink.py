@@ -1,0 +1,198 @@
+"""Writing the anonymized video with PyAV: same size, same pts and time base, same rotation, audio copied.
+
+Every output frame gets its input frame's ``pts`` in the input's time base, and the output stream uses
+that same time base, so frame timing (variable frame rate included) survives exactly. Audio packets are
+copied byte for byte from the input file (read by a second demuxer) and interleaved by time.
+"""
+
+from __future__ import annotations
+
+import logging
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from ..errors import OutputError
+from ..types import VideoFrame, VideoInfo
+
+log = logging.getLogger(__name__)
+
+__all__ = ["VideoFileSink", "output_path_for"]
+
+# Containers that cannot hold H.264: encode VP9 there instead.
+_VP9_CONTAINERS = frozenset({".webm"})
+
+
+def output_path_for(input_path: Path, suffix: str = "_anonymized") -> Path:
+    """Default output path: ``<stem>_anonymized.<ext>`` beside the input."""
+    return input_path.with_name(f"{input_path.stem}{suffix}{input_path.suffix}")
+
+
+class _AudioCopier:
+    """Copies the first audio stream of ``source_path`` into ``container`` packet for packet."""
+
+    def __init__(self, source_path: Path, container: av.container.OutputContainer) -> None:
+        self._input = av.open(str(source_path), mode="r")
+        in_stream = self._input.streams.audio[0]
+        try:
+            self._out_stream = container.add_stream_from_template(in_stream)
+        except (ValueError, av.error.FFmpegError) as error:
+            self._input.close()
+            raise OutputError(
+                f"the output container cannot hold the input's {in_stream.codec_context.name} audio "
+                f"({error}); use --no-audio or an .mkv output"
+            ) from error
+        self._packets = self._input.demux(in_stream)
+        self._pending: av.Packet | None = None
+        self._done = False
+        self.copied = 0
+
+    def _next(self) -> av.Packet | None:
+        while not self._done:
+            try:
+                packet = next(self._packets)
+            except StopIteration:
+                self._done = True
+                return None
+            except av.error.FFmpegError as error:
+                log.warning("audio copy stopped early: %s", error)
+                self._done = True
+                return None
+            if packet.dts is not None and packet.size:  # skip the demuxer's empty flush packet
+                return packet
+        return None
+
+    def mux_until(self, container: av.container.OutputContainer, seconds: float | None) -> None:
+        """Mux audio packets whose time is at or before ``seconds`` (all remaining when None)."""
+        while True:
+            packet = self._pending or self._next()
+            self._pending = None
+            if packet is None:
+                return
+            when = float(packet.pts * packet.time_base) if packet.pts is not None else None
+            if seconds is not None and when is not None and when > seconds:
+                self._pending = packet
+                return
+            packet.stream = self._out_stream
+            container.mux(packet)
+            self.copied += 1
+
+    def close(self) -> None:
+        self._input.close()
+
+
+class VideoFileSink:
+    """Encodes frames (stored orientation, RGB) into ``path``.
+
+    ``audio_from`` names the file whose first audio stream is copied; None writes no audio.
+    The file is finalized (playable) by :meth:`close`, also after an interruption.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        info: VideoInfo,
+        *,
+        crf: int = 20,
+        preset: str = "veryfast",
+        audio_from: str | Path | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.info = info
+        if not self.path.parent.exists():
+            raise OutputError(f"output folder does not exist: {self.path.parent}")
+        try:
+            self._container = av.open(str(self.path), mode="w")
+        except (av.error.FFmpegError, ValueError, OSError) as error:
+            raise OutputError(f"cannot write {self.path}: {getattr(error, 'strerror', None) or error}") from error
+        try:
+            self._stream = self._add_video_stream(crf=crf, preset=preset)
+            self._audio = _AudioCopier(Path(audio_from), self._container) if audio_from else None
+        except Exception:
+            self._container.close()
+            self.path.unlink(missing_ok=True)
+            raise
+        self._last_pts: int | None = None
+        self._default_duration = self._frame_duration()
+        self.frames_written = 0
+
+    def _add_video_stream(self, *, crf: int, preset: str) -> av.VideoStream:
+        info = self.info
+        rate = info.average_rate or Fraction(25)
+        vp9 = self.path.suffix.lower() in _VP9_CONTAINERS
+        try:
+            stream = self._container.add_stream("libvpx-vp9" if vp9 else "libx264", rate=rate)
+        except (ValueError, av.error.FFmpegError) as error:
+            raise OutputError(f"the {self.path.suffix} container cannot hold the video codec: {error}") from error
+        stream.width, stream.height = info.width, info.height
+        # 4:2:0 needs even dimensions; odd-sized input keeps its exact size in 4:4:4 instead.
+        even = info.width % 2 == 0 and info.height % 2 == 0
+        stream.pix_fmt = "yuv420p" if even else "yuv444p"
+        if not even:
+            log.warning("odd frame size %dx%d: encoding 4:4:4 to keep the exact size", info.width, info.height)
+        if info.time_base is not None:
+            stream.time_base = info.time_base
+            stream.codec_context.time_base = info.time_base
+        if vp9:
+            stream.options = {"crf": str(crf), "b": "0", "deadline": "realtime", "cpu-used": "8"}
+        else:
+            stream.options = {"crf": str(crf), "preset": preset}
+        if info.rotation:
+            stream.set_display_rotation(info.rotation)
+        return stream
+
+    def _frame_duration(self) -> int:
+        """One frame's duration in the stream's time base, for frames that arrive without pts."""
+        tb = self.info.time_base or Fraction(1, 90000)
+        rate = self.info.average_rate or Fraction(25)
+        return max(1, round(1 / (rate * tb)))
+
+    def _output_pts(self, frame: VideoFrame) -> int:
+        pts = frame.pts
+        if pts is not None and frame.time_base is not None and self.info.time_base is not None and frame.time_base != self.info.time_base:
+            pts = round(pts * frame.time_base / self.info.time_base)
+        if pts is None:
+            pts = 0 if self._last_pts is None else self._last_pts + self._default_duration
+        if self._last_pts is not None and pts <= self._last_pts:
+            # The encoder needs strictly increasing pts; a duplicate or reordered stamp is nudged.
+            log.warning("non-increasing pts %d after %d: nudged forward", pts, self._last_pts)
+            pts = self._last_pts + 1
+        return pts
+
+    def write(self, frame: VideoFrame) -> None:
+        pts = self._output_pts(frame)
+        video_frame = av.VideoFrame.from_ndarray(frame.image, format="rgb24")
+        video_frame.pts = pts
+        video_frame.time_base = self._stream.codec_context.time_base
+        try:
+            for packet in self._stream.encode(video_frame):
+                self._container.mux(packet)
+            if self._audio is not None:
+                self._audio.mux_until(self._container, float(pts * (self.info.time_base or Fraction(1, 90000))))
+        except (av.error.FFmpegError, OSError) as error:
+            raise OutputError(f"writing {self.path} failed: {getattr(error, 'strerror', None) or error}") from error
+        self._last_pts = pts
+        self.frames_written += 1
+
+    def close(self, *, complete: bool = True) -> None:
+        """Flush the encoder and finalize the file. ``complete=False`` (interrupted) cuts the audio at
+        the last written frame instead of copying it to the end."""
+        try:
+            for packet in self._stream.encode(None):
+                self._container.mux(packet)
+            if self._audio is not None:
+                end = None
+                if not complete and self._last_pts is not None and self.info.time_base is not None:
+                    end = float((self._last_pts + self._default_duration) * self.info.time_base)
+                self._audio.mux_until(self._container, end)
+        finally:
+            if self._audio is not None:
+                self._audio.close()
+            self._container.close()
+
+    @property
+    def audio_packets_copied(self) -> int:
+        return self._audio.copied if self._audio is not None else 0
+
+

@@ -1,0 +1,290 @@
+"""End to end on files: timing, audio, covers at the true face positions, and every bad-input case."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from sdgan_stream import AnonymizeOptions, anonymize_video
+from sdgan_stream.anonymize import CoverRenderer, FrameAnonymizer
+from sdgan_stream.cli import main
+from sdgan_stream.errors import InputError, OutputError
+from sdgan_stream.samples import SyntheticClip, make_face_clip
+from sdgan_stream.types import Detections, VideoFrame
+
+from .conftest import audio_packets, read_frames
+
+COVERS = dict(method="pixelate", track=False, detect_size=(640, 640))
+
+
+def _detail_correlation(a: np.ndarray, b: np.ndarray, box: np.ndarray) -> float:
+    """Correlation of the fine detail (Laplacian) of two images inside ``box``.
+
+    A visible face keeps its detail (correlation near 1 after re-encoding); solid, pixelated, blurred
+    or regenerated faces do not.
+    """
+    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    x1, y1 = max(x1, 0), max(y1, 0)
+    crops = [cv2.Laplacian(cv2.cvtColor(img[y1:y2, x1:x2], cv2.COLOR_RGB2GRAY).astype(np.float32), cv2.CV_32F) for img in (a, b)]
+    da, db = (c - c.mean() for c in crops)
+    denominator = float(np.sqrt((da * da).sum() * (db * db).sum()))
+    return float((da * db).sum() / denominator) if denominator > 0 else 0.0
+
+
+def _far_from_faces(shape: tuple[int, ...], boxes: np.ndarray, *, grow: float = 0.8) -> np.ndarray:
+    mask = np.ones(shape[:2], bool)
+    for x1, y1, x2, y2 in boxes:
+        w, h = x2 - x1, y2 - y1
+        mask[max(int(y1 - grow * h), 0) : int(y2 + grow * h), max(int(x1 - grow * w), 0) : int(x2 + grow * w)] = False
+    return mask
+
+
+def _assert_faces_covered(original: list[np.ndarray], result: list[np.ndarray], clip: SyntheticClip) -> None:
+    for index, (before, after) in enumerate(zip(original, result)):
+        for box in clip.face_boxes[index]:
+            assert _detail_correlation(before, after, box) < 0.3, f"face left visible on frame {index}"
+
+
+def test_detail_correlation_tells_a_visible_face_from_a_covered_one(face_clip: SyntheticClip) -> None:
+    frames, _, _ = read_frames(face_clip.path)
+    box = face_clip.face_boxes[0][0]
+    noisy = np.clip(frames[0].astype(int) + np.random.default_rng(0).integers(-6, 7, frames[0].shape), 0, 255).astype(np.uint8)
+    assert _detail_correlation(frames[0], noisy, box) > 0.6  # light noise: still the same face
+
+
+def test_output_keeps_frames_pts_audio_and_covers_faces(face_clip: SyntheticClip, tmp_path: Path) -> None:
+    out = tmp_path / "out.mp4"
+    report = anonymize_video(face_clip.path, out, **COVERS)
+    original, pts_in, tb_in = read_frames(face_clip.path)
+    result, pts_out, tb_out = read_frames(out)
+    assert report.frames == len(result) == len(original) == face_clip.frame_count
+    assert pts_out == pts_in and tb_out == tb_in
+    assert audio_packets(out) == audio_packets(face_clip.path) and report.audio_packets > 0
+    assert result[0].shape == original[0].shape
+    _assert_faces_covered(original, result, face_clip)
+    for index in range(len(original)):
+        far = _far_from_faces(original[index].shape, face_clip.face_boxes[index])
+        assert far.mean() > 0.3
+        diff = np.abs(original[index].astype(int) - result[index].astype(int)).max(axis=2)
+        assert np.median(diff[far]) <= 3 and np.percentile(diff[far], 99) < 30
+
+
+@pytest.mark.parametrize("method", ["pixelate", "blur"])
+def test_cover_methods_cover_faces(face_clip: SyntheticClip, tmp_path: Path, method: str) -> None:
+    out = tmp_path / f"{method}.mp4"
+    anonymize_video(face_clip.path, out, method=method, track=False, detect_size=(640, 640))
+    original, _, _ = read_frames(face_clip.path)
+    result, _, _ = read_frames(out)
+    _assert_faces_covered(original, result, face_clip)
+
+
+def test_variable_frame_rate_timestamps_survive(tmp_path: Path) -> None:
+    clip = make_face_clip(tmp_path / "vfr.mkv", frames=20, faces=1, variable_frame_rate=True)
+    out = tmp_path / "vfr_out.mkv"
+    anonymize_video(clip.path, out, **COVERS)
+    _, pts_in, tb_in = read_frames(clip.path)
+    _, pts_out, tb_out = read_frames(out)
+    assert [p * tb_in for p in pts_in] == [p * tb_out for p in pts_out]
+    assert len(set(np.diff(pts_in))) > 1  # really variable
+
+
+def test_rotated_phone_video_keeps_rotation_and_covers_upright_faces(tmp_path: Path) -> None:
+    clip = make_face_clip(tmp_path / "rot.mp4", width=360, height=640, frames=12, faces=1, rotation=90)
+    out = tmp_path / "rot_out.mp4"
+    anonymize_video(clip.path, out, **COVERS)
+    with av.open(str(out)) as container:
+        frame = next(container.decode(video=0))
+        assert frame.rotation == 90 and (frame.width, frame.height) == (640, 360)
+    original, _, _ = read_frames(clip.path)
+    result, _, _ = read_frames(out)
+    upright = lambda image: np.rot90(image, k=1)  # noqa: E731 - display orientation, as the boxes are
+    _assert_faces_covered([upright(i) for i in original], [upright(i) for i in result], clip)
+
+
+@pytest.mark.parametrize(("width", "height"), [(321, 241), (320, 241)])
+def test_odd_sizes_keep_their_exact_size(tmp_path: Path, width: int, height: int) -> None:
+    clip = make_face_clip(tmp_path / "odd.mkv", width=width, height=height, frames=8, faces=1, pix_fmt="yuv444p")
+    out = tmp_path / "odd_out.mkv"
+    anonymize_video(clip.path, out, **COVERS)
+    result, _, _ = read_frames(out)
+    assert len(result) == 8 and result[0].shape == (height, width, 3)
+
+
+def test_ten_bit_input(tmp_path: Path) -> None:
+    clip = make_face_clip(tmp_path / "10bit.mp4", frames=8, faces=1, pix_fmt="yuv420p10le")
+    out = tmp_path / "10bit_out.mp4"
+    anonymize_video(clip.path, out, **COVERS)
+    original, _, _ = read_frames(clip.path)
+    result, _, _ = read_frames(out)
+    assert len(result) == 8
+    _assert_faces_covered(original, result, clip)
+
+
+def test_corrupt_data_part_way_skips_bad_packets_and_goes_on(tmp_path: Path) -> None:
+    clip = make_face_clip(tmp_path / "corrupt.ts", frames=40, faces=1, audio=False)
+    data = bytearray(clip.path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 4000] = os.urandom(4000)
+    clip.path.write_bytes(bytes(data))
+    out = tmp_path / "corrupt_out.ts"
+    report = anonymize_video(clip.path, out, **COVERS)
+    result, _, _ = read_frames(out)
+    assert 10 < len(result) <= 40 and report.frames == len(result)
+
+
+@pytest.mark.parametrize(
+    ("make_input", "message"),
+    [
+        (lambda d: d / "missing.mp4", "not found"),
+        (lambda d: _write(d / "empty.mp4", b""), "empty"),
+        (lambda d: _write(d / "notes.mp4", b"these are not the frames you are looking for\n" * 50), "cannot read"),
+        (lambda d: _audio_only(d / "audio.m4a"), "no video stream"),
+        (lambda d: _truncated(d / "cut.mp4"), "cannot read"),
+    ],
+    ids=["missing", "zero-bytes", "not-a-video", "no-video-stream", "truncated-mp4"],
+)
+def test_bad_input_is_a_clear_error(tmp_path: Path, make_input, message: str, capsys: pytest.CaptureFixture) -> None:
+    path = make_input(tmp_path)
+    with pytest.raises(InputError, match=message):
+        anonymize_video(path, tmp_path / "out.mp4", **COVERS)
+    assert main(["anonymize", str(path), "-o", str(tmp_path / "out.mp4"), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and message in err[0]
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_unwritable_output_is_a_clear_error(face_clip: SyntheticClip, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(OutputError, match="does not exist"):
+        anonymize_video(face_clip.path, tmp_path / "no" / "such" / "dir" / "out.mp4", **COVERS)
+    assert main(["anonymize", str(face_clip.path), "-o", "/proc/out.mp4", "--no-progress", "--method", "solid"]) == 1
+    assert capsys.readouterr().err.startswith("error: cannot write")
+
+
+def test_output_must_not_overwrite_input(face_clip: SyntheticClip) -> None:
+    with pytest.raises(OutputError, match="overwrite"):
+        anonymize_video(face_clip.path, face_clip.path, **COVERS)
+
+
+def test_folder_input_anonymizes_every_video(face_clip: SyntheticClip, tmp_path: Path) -> None:
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        (folder / name).write_bytes(face_clip.path.read_bytes())
+    (folder / "readme.txt").write_text("not a video")
+    assert main(["anonymize", str(folder), "--method", "solid", "--no-track", "--no-progress"]) == 0
+    assert sorted(p.name for p in folder.glob("*_anonymized.mp4")) == ["a_anonymized.mp4", "b_anonymized.mp4"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_finalizes_a_playable_output(long_clip: SyntheticClip, tmp_path: Path, sig: int) -> None:
+    out = tmp_path / "interrupted.mp4"
+    command = [sys.executable, "-m", "sdgan_stream.cli", "anonymize", str(long_clip.path), "-o", str(out), "--method", "solid", "--no-track", "--no-progress", "--detect-size", "320x320"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not out.exists() or out.stat().st_size < 20_000):
+        time.sleep(0.05)
+    process.send_signal(sig)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    frames, pts, _ = read_frames(out)
+    assert 0 < len(frames) < long_clip.frame_count
+    assert pts == sorted(pts)
+    assert "interrupted" in err
+
+
+class _BrokenRenderer:
+    name = "broken"
+
+    def render(self, image, faces):
+        raise RuntimeError("generator exploded")
+
+
+class _BrokenDetector:
+    def detect(self, image):
+        raise RuntimeError("detector exploded")
+
+
+class _FixedDetector:
+    def __init__(self, box):
+        self.box = np.asarray(box, np.float32)
+
+    def detect(self, image):
+        return Detections(boxes=self.box[None], scores=np.array([0.9], np.float32), landmarks=np.zeros((1, 5, 2), np.float32))
+
+
+def _frame(value: int = 128) -> VideoFrame:
+    rng = np.random.default_rng(value)
+    return VideoFrame(image=rng.integers(0, 256, (120, 160, 3), dtype=np.uint8), index=0, pts=0, time_base=None)
+
+
+def test_a_failing_renderer_falls_back_to_solid_covers() -> None:
+    anonymizer = FrameAnonymizer(detector=_FixedDetector([40, 30, 90, 90]), renderer=_BrokenRenderer())
+    frame = _frame()
+    out = anonymizer.push(frame)[0]
+    assert (out.image[40:80, 50:80] == 0).all()
+    assert anonymizer.stats["fallback_renderer_error"] == 1
+
+
+def test_a_failing_detector_covers_the_whole_frame() -> None:
+    anonymizer = FrameAnonymizer(detector=_BrokenDetector(), renderer=CoverRenderer())
+    frame = _frame()
+    original = frame.image.copy()
+    out = anonymizer.push(frame)[0]
+    assert (np.abs(out.image.astype(int) - original.astype(int)).max(axis=2) > 20).mean() > 0.9
+    assert anonymizer.stats["frames_covered_whole"] == 1
+
+
+def test_persistently_failing_detector_ends_the_job() -> None:
+    anonymizer = FrameAnonymizer(detector=_BrokenDetector(), renderer=CoverRenderer())
+    with pytest.raises(RuntimeError, match="in a row"):
+        for _ in range(100):
+            anonymizer.push(_frame())
+
+
+def test_options_reject_nonsense() -> None:
+    with pytest.raises(ValueError):
+        AnonymizeOptions(method="swirl")
+    with pytest.raises(ValueError):
+        AnonymizeOptions(threshold=1.5)
+
+
+def test_cli_rejects_a_bad_detect_size(face_clip: SyntheticClip) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["anonymize", str(face_clip.path), "--detect-size", "big"])
+    assert exc.value.code == 2
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _audio_only(path: Path) -> Path:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=48000, layout="mono")
+        for i in range(20):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 48000, i * 1024
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+def _truncated(path: Path) -> Path:
+    clip = make_face_clip(path, frames=10, faces=1, audio=False)
+    data = clip.path.read_bytes()
+    clip.path.write_bytes(data[: len(data) // 2])  # mp4 index (moov) is at the end: gone
+    return path
+
+
