@@ -1,0 +1,142 @@
+"""The SDGAN renderer: landmarks -> aligned crops and semantic maps -> one batched generator call ->
+paste-back, with a cover for every face the generator cannot serve.
+
+A face falls back to the cover (and the outcome records why) when it is too small, out of frame, in
+profile, when its landmarks fail, or when the region the generator would replace does not cover the
+centre of the detected face (a landmark fit that wandered off must not leave the real face visible).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+
+from .align import apply_matrix
+from .anonymize import CoverRenderer, FaceOutcome
+from .blend import paste_back
+from .faceprep import FaceFallback, PreparedFace, masked_input, prepare_faces
+from .semantic import one_hot
+from .types import Face
+
+if TYPE_CHECKING:
+    from .backends import GeneratorBackend
+    from .config import AnonymizeOptions
+    from .landmarks import LandmarkDetector
+    from .models.generator import GeneratorConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MIN_CENTRE_COVERAGE", "SdganRenderer", "centre_coverage"]
+
+# Share of the detected face's centre (the middle 60% of its box) the replaced region must cover.
+MIN_CENTRE_COVERAGE = 0.9
+
+
+def centre_coverage(prepared: PreparedFace) -> float:
+    """Fraction of the centre of the face's box that lies inside the region the generator replaces."""
+    x1, y1, x2, y2 = (float(v) for v in prepared.face.box)
+    w, h = x2 - x1, y2 - y1
+    corners = np.array([[x1 + 0.2 * w, y1 + 0.2 * h], [x2 - 0.2 * w, y1 + 0.2 * h], [x2 - 0.2 * w, y2 - 0.2 * h], [x1 + 0.2 * w, y2 - 0.2 * h]])
+    polygon = np.zeros_like(prepared.region_mask, np.uint8)
+    cv2.fillConvexPoly(polygon, np.round(apply_matrix(corners, prepared.matrix)).astype(np.int32), 1)
+    area = int(polygon.sum())
+    if area == 0:  # the centre falls outside the crop entirely
+        return 0.0
+    return float((prepared.region_mask[polygon > 0] > 0.5).sum() / area)
+
+
+def _to_network(images: list[np.ndarray]) -> np.ndarray:
+    """uint8 (S, S, 3) images -> float32 (B, 3, S, S) in [-1, 1]."""
+    return np.stack(images).transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0
+
+
+def _from_network(batch: np.ndarray) -> np.ndarray:
+    """float32 (B, 3, S, S) in [-1, 1] -> uint8 (B, S, S, 3)."""
+    return np.clip((batch.transpose(0, 2, 3, 1) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+
+
+class SdganRenderer:
+    """Replaces faces with generated ones; every face it cannot serve gets ``fallback``."""
+
+    name = "sdgan"
+
+    def __init__(
+        self,
+        *,
+        backend: GeneratorBackend,
+        config: GeneratorConfig,
+        landmarker: LandmarkDetector,
+        fallback: CoverRenderer,
+        batch_size: int = 16,
+    ) -> None:
+        self.backend = backend
+        self.config = config
+        self.landmarker = landmarker
+        self.fallback = fallback
+        self.batch_size = batch_size
+        self.last_generated: list[tuple[PreparedFace, np.ndarray]] = []  # for `inspect`: crops of the last call
+
+    @classmethod
+    def from_options(cls, options: AnonymizeOptions) -> SdganRenderer:
+        from .backends import create_backend
+        from .landmarks import LandmarkDetector
+        from .models.bundle import load_generator_bundle
+
+        generator, config, metadata = load_generator_bundle(options.weights)
+        backend = create_backend(
+            options.backend,
+            generator,
+            config,
+            device=options.device,
+            max_batch=options.batch_size,
+            weights_id=str(metadata.get("weights_sha256", "")),
+        )
+        log.info("generator backend: %s on %s (%s)", backend.name, backend.device, backend.precision)
+        return cls(
+            backend=backend,
+            config=config,
+            landmarker=LandmarkDetector(),
+            fallback=CoverRenderer(method=options.fallback, margin=options.cover_margin),  # type: ignore[arg-type]
+            batch_size=options.batch_size,
+        )
+
+    def render(self, image: np.ndarray, faces: Sequence[Face]) -> list[FaceOutcome]:
+        outcomes: list[FaceOutcome] = []
+        ready: list[PreparedFace] = []
+        for item in prepare_faces(image, faces, landmarker=self.landmarker, size=self.config.image_size):
+            if isinstance(item, FaceFallback):
+                outcomes.append(self._cover(image, item.face, item.reason))
+            elif centre_coverage(item) < MIN_CENTRE_COVERAGE:
+                outcomes.append(self._cover(image, item.face, "region_misses_face"))
+            else:
+                ready.append(item)
+        self.last_generated = []
+        for start in range(0, len(ready), self.batch_size):
+            chunk = ready[start : start + self.batch_size]
+            generated = self._generate(chunk)
+            for prepared, crop in zip(chunk, generated):
+                paste_back(image, crop, prepared)
+                outcomes.append(FaceOutcome(prepared.face, self.name))
+                self.last_generated.append((prepared, crop))
+        return outcomes
+
+    def _generate(self, faces: list[PreparedFace]) -> np.ndarray:
+        """One generator call for ``faces``: composited (S, S, 3) uint8 crops."""
+        from .models.identity import identity_codes
+
+        masked = _to_network([masked_input(p) for p in faces])
+        semantic = np.stack([one_hot(p.labels, self.config.label_nc) for p in faces])
+        identity = identity_codes([p.face.identity_seed for p in faces], self.config.identity_dim)
+        out = _from_network(self.backend.generate(masked, semantic, identity))
+        # Inside the region: the generated face; outside: the original crop (paste-back feathers the edge).
+        mask = np.stack([p.region_mask for p in faces])[..., None]
+        crops = np.stack([p.crop for p in faces])
+        return np.where(mask > 0.5, out, crops)
+
+    def _cover(self, image: np.ndarray, face: Face, reason: str) -> FaceOutcome:
+        outcome = self.fallback.render(image, [face])[0]
+        return FaceOutcome(face, outcome.method, reason)
