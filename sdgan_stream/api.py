@@ -18,7 +18,7 @@ from .detect import CenterFaceDetector
 from .errors import OutputError
 from .io.sink import VideoFileSink, output_path_for
 from .io.source import VideoFileSource
-from .pipeline import PipelineResult, run_pipeline
+from .pipeline import run_pipeline
 from .types import VideoFrame, VideoInfo
 
 log = logging.getLogger(__name__)
@@ -121,13 +121,12 @@ def anonymize_video(
         sink = VideoFileSink(dst, info, crf=options.crf, preset=options.preset, audio_from=audio_from)
         if on_start is not None:
             on_start(info)
-        result: PipelineResult | None = None
-        completed = False
         try:
             result = run_pipeline(source.frames(stop_event), anonymizer, sink, stop_event=stop_event, on_frame_written=on_frame_written)
-            completed = not result.interrupted
-        finally:
-            sink.close(complete=completed)
+        except BaseException:
+            sink.abort()  # what was written stays a playable file
+            raise
+        sink.close(complete=not result.interrupted)
     log.info("wrote %s: %d frames in %.1f s (%.1f fps)", dst, result.frames_out, result.seconds, result.fps)
     return JobReport(
         input=src,

@@ -172,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-v: info from all libraries, -vv: debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_anonymize(subparsers)
     _add_demo(subparsers)
@@ -187,8 +188,9 @@ def _raise_keyboard_interrupt(signum: int, _frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # Our own set-up lines (which detector provider, which generator backend) are shown by default.
+    logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.WARNING if args.quiet else logging.DEBUG if args.verbose > 1 else logging.INFO)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         return args.handler(args)

@@ -103,6 +103,12 @@ class VideoFileSink:
         if not self.path.parent.exists():
             raise OutputError(f"output folder does not exist: {self.path.parent}")
         try:
+            # FFmpeg opens the file lazily at the first packet; fail now, before any work is done.
+            with open(self.path, "wb"):
+                pass
+        except OSError as error:
+            raise OutputError(f"cannot write {self.path}: {error.strerror or error}") from error
+        try:
             self._container = av.open(str(self.path), mode="w")
         except (av.error.FFmpegError, ValueError, OSError) as error:
             raise OutputError(f"cannot write {self.path}: {getattr(error, 'strerror', None) or error}") from error
@@ -190,6 +196,13 @@ class VideoFileSink:
             if self._audio is not None:
                 self._audio.close()
             self._container.close()
+
+    def abort(self) -> None:
+        """Best-effort close after a failure: never raises, so the original error is what the user sees."""
+        try:
+            self.close(complete=False)
+        except Exception as error:  # the job already failed; a second error would only hide the first
+            log.warning("could not finalize %s after an error: %s", self.path, error)
 
     @property
     def audio_packets_copied(self) -> int:
