@@ -90,6 +90,46 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_run_demo)
 
 
+def _add_inspect(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "inspect",
+        help="write each face's crop, semantic map, replaced region, composite and generated face as PNG",
+        formatter_class=_HelpFormatter,
+        description="For each face: DIR/face_XX/{crop,semantic,mask,composite,generated}.png; DIR/overview.png, "
+        "DIR/anonymized.png and DIR/faces.json (box, landmarks, classes in its map, fallback reason).",
+    )
+    parser.add_argument("image", type=Path, help="a photo (PNG, JPEG, ...)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="folder for the pictures and faces.json")
+    parser.add_argument("--thresh", type=float, default=_DEFAULTS.threshold, dest="threshold", help="detection threshold")
+    parser.add_argument("--size", type=int, choices=(128, 256), default=None, help="crop size (default: the generator's)")
+    parser.add_argument("--weights", default=None, help="generator bundle (default: the starter weights)")
+    parser.add_argument("--no-generator", action="store_true", help="geometry only: no generated faces")
+    parser.set_defaults(handler=_run_inspect)
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    from .detect import CenterFaceDetector
+    from .inspect_faces import inspect_image
+    from .landmarks import LandmarkDetector
+
+    generator = None
+    size = args.size or 128
+    if not args.no_generator:
+        from .render import SdganRenderer
+
+        renderer = SdganRenderer.from_options(AnonymizeOptions(weights=args.weights))
+        generator = renderer.generate_crops
+        size = args.size or renderer.config.image_size
+        if size != renderer.config.image_size:
+            raise SdganStreamError(f"the generator works at {renderer.config.image_size} px; use --size {renderer.config.image_size} or --no-generator")
+    records = inspect_image(
+        args.image, args.output, detector=CenterFaceDetector(threshold=args.threshold), landmarker=LandmarkDetector(), generator=generator, size=size
+    )
+    served = sum(1 for r in records if r["fallback"] is None)
+    print(f"{args.output}: {len(records)} faces, {served} served, {len(records) - served} covered", file=sys.stderr)
+    return EXIT_OK
+
+
 def _videos_in(folder: Path) -> list[Path]:
     from .io.source import VIDEO_SUFFIXES
 
@@ -177,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_anonymize(subparsers)
     _add_demo(subparsers)
+    _add_inspect(subparsers)
     return parser
 
 

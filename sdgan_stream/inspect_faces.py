@@ -97,9 +97,10 @@ def _overview(image: np.ndarray, results: Sequence[PreparedFace | FaceFallback])
 
 
 def _faces_from(detections: Detections) -> list[Face]:
+    # One identity seed per face, so that every face of the picture gets its own generated identity.
     return [
-        Face(box=box, score=float(score), landmarks=landmarks, source="untracked")
-        for box, score, landmarks in zip(detections.boxes, detections.scores, detections.landmarks)
+        Face(box=box, score=float(score), landmarks=landmarks, identity_seed=index, source="untracked")
+        for index, (box, score, landmarks) in enumerate(zip(detections.boxes, detections.scores, detections.landmarks))
     ]
 
 
@@ -136,7 +137,7 @@ def inspect_image(
             "index": index,
             "box": [round(float(v), 2) for v in face.box],
             "score": round(float(face.score), 4),
-            "landmarks5": None if face.landmarks is None else np.round(face.landmarks, 2).tolist(),
+            "landmarks5": None if face.landmarks is None else np.round(face.landmarks.astype(np.float64), 2).tolist(),
             "landmarks68": None,
             "classes": [],
             "fallback": None,
@@ -159,7 +160,7 @@ def inspect_image(
             write_image(face_dir / "generated.png", np.asarray(crop_out, np.uint8))
             paste_back(anonymized, np.asarray(crop_out, np.uint8), result)
         record.update(
-            landmarks68=np.round(result.landmarks68, 2).tolist(),
+            landmarks68=np.round(result.landmarks68.astype(np.float64), 2).tolist(),
             classes=classes_present(result.labels),
             dir=face_dir.name,
         )

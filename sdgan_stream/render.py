@@ -117,15 +117,15 @@ class SdganRenderer:
         self.last_generated = []
         for start in range(0, len(ready), self.batch_size):
             chunk = ready[start : start + self.batch_size]
-            generated = self._generate(chunk)
+            generated = self.generate_crops(chunk)
             for prepared, crop in zip(chunk, generated):
                 paste_back(image, crop, prepared)
                 outcomes.append(FaceOutcome(prepared.face, self.name))
                 self.last_generated.append((prepared, crop))
         return outcomes
 
-    def _generate(self, faces: list[PreparedFace]) -> np.ndarray:
-        """One generator call for ``faces``: composited (S, S, 3) uint8 crops."""
+    def generate_crops(self, faces: list[PreparedFace]) -> np.ndarray:
+        """One generator call for ``faces``: composited (S, S, 3) uint8 crops (also used by ``inspect``)."""
         from .models.identity import identity_codes
 
         masked = _to_network([masked_input(p) for p in faces])
