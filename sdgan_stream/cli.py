@@ -10,8 +10,10 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from . import __version__
+from .bench import add_bench_parser
 from .config import METHODS, AnonymizeOptions, load_options_file, parse_size
 from .errors import SdganStreamError
+from .evaluate import add_evaluate_parser
 
 log = logging.getLogger("sdgan_stream")
 
@@ -218,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_anonymize(subparsers)
     _add_demo(subparsers)
     _add_inspect(subparsers)
+    add_bench_parser(subparsers)
+    add_evaluate_parser(subparsers)
     return parser
 
 
