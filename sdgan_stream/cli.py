@@ -14,6 +14,7 @@ from .bench import add_bench_parser
 from .config import METHODS, AnonymizeOptions, load_options_file, parse_size
 from .errors import SdganStreamError
 from .evaluate import add_evaluate_parser
+from .live import add_live_parser, add_rtsp_parser
 
 log = logging.getLogger("sdgan_stream")
 
@@ -222,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inspect(subparsers)
     add_bench_parser(subparsers)
     add_evaluate_parser(subparsers)
+    add_live_parser(subparsers)
+    add_rtsp_parser(subparsers)
     return parser
 
 

@@ -152,14 +152,15 @@ def run_pipeline(
         for frame in processor.flush():
             processed.put(frame)
     finally:
+        # A stop requested from outside (not a thread failure) means the run was cut short.
+        if stop.is_set() and failure.error is None:
+            result.interrupted = True
         processed.put(None)
         encoder.join()
         stop.set()
         _drain(decoded)
         decoder.join()
     result.seconds = time.monotonic() - started
-    if stop_event is not None and stop_event.is_set() and failure.error is None:
-        result.interrupted = True
     if failure.error is not None:
         raise failure.error
     return result

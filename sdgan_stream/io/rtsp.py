@@ -1,0 +1,375 @@
+"""Publishing anonymized video to an RTSP server (PyAV's ``rtsp`` muxer), on a steady clock.
+
+:class:`RtspPublisher` is a pipeline sink with its own thread. ``write`` hands it an anonymized frame
+and returns at once; the thread encodes each new frame as soon as it arrives, stamped with the
+publisher's monotonic clock (time base 1/90000), so timestamps only ever go forward, across input
+reconnects too. When no new frame has come for two frame periods (input down, or a stall) the thread
+keeps the output alive at the source rate: it repeats the last published frame for ``hold_seconds``,
+then sends a neutral grey frame until frames come back.
+
+Privacy: the publisher only ever encodes (a) frames given to :meth:`RtspPublisher.write` - the
+pipeline gives it the anonymizer's output and nothing else - and (b) its own neutral frame. It never
+sees the input, so there is no path by which an uncovered frame could be repeated.
+
+If the RTSP server goes away the publisher reconnects with backoff (frames in between are counted
+as ``output_skipped``) while the rest of the pipeline goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Literal, Protocol
+
+import av
+import cv2
+import numpy as np
+
+from ..errors import OutputError
+from ..redact import redact_text, redact_url
+from ..types import VideoFrame
+from .live import Backoff
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EncoderSettings", "PublisherStats", "RtspOutput", "RtspPublisher", "neutral_frame", "output_format_for"]
+
+TIME_BASE = Fraction(1, 90000)  # RTP's video clock
+FrameKind = Literal["fresh", "repeat", "neutral"]
+_LATENCY_WINDOW = 2048
+_WARN_AFTER_SECONDS = 1.0  # a gap in the frames shorter than this is a stall, not an outage
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    """x264 settings for a live output: no look-ahead, no B-frames, a keyframe every ``gop_seconds``
+    so that a viewer who joins (or a relay that restarts) gets a picture quickly."""
+
+    codec: str = "libx264"
+    preset: str = "ultrafast"
+    tune: str = "zerolatency"
+    crf: int = 23
+    bitrate: str | None = None  # e.g. "2M": capped bitrate (maxrate/bufsize) instead of constant quality
+    gop_seconds: float = 1.0
+
+    def options(self, fps: float) -> dict[str, str]:
+        options = {"preset": self.preset, "g": str(max(1, round(self.gop_seconds * fps))), "bf": "0"}
+        if self.tune:
+            options["tune"] = self.tune
+        if self.bitrate:
+            options.update({"b": self.bitrate, "maxrate": self.bitrate, "bufsize": self.bitrate})
+        else:
+            options["crf"] = str(self.crf)
+        return options
+
+
+def output_format_for(url: str) -> str:
+    """The FFmpeg muxer for an output URL: rtsp for rtsp://, flv for rtmp://, mpegts for srt/udp/tcp."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    formats = {"rtsp": "rtsp", "rtsps": "rtsp", "rtmp": "flv", "rtmps": "flv", "srt": "mpegts", "udp": "mpegts", "tcp": "mpegts"}
+    if scheme not in formats:
+        raise OutputError(f"cannot publish to {redact_url(url)!r}: use an rtsp://, rtmp://, srt://, udp:// or tcp:// URL")
+    return formats[scheme]
+
+
+def neutral_frame(width: int, height: int, text: str = "waiting for input") -> np.ndarray:
+    """Mid-grey with a short caption: what viewers see while no anonymized frame is available."""
+    image = np.full((height, width, 3), 128, np.uint8)
+    scale = max(height / 720, 0.35)
+    thickness = max(1, round(2 * scale))
+    (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    cv2.putText(image, text, ((width - tw) // 2, (height + th) // 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (200, 200, 200), thickness, cv2.LINE_AA)
+    return image
+
+
+class Output(Protocol):
+    """One open connection to the server (what :class:`RtspPublisher` sends through)."""
+
+    def send(self, image: np.ndarray, pts: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class RtspOutput:
+    """One publishing session: an H.264 encoder and PyAV's rtsp muxer (``format`` picks another muxer).
+
+    The RTSP handshake (ANNOUNCE/SETUP/RECORD) happens on the first :meth:`send`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        width: int,
+        height: int,
+        fps: float,
+        transport: Literal["tcp", "udp"] = "tcp",
+        settings: EncoderSettings | None = None,
+        timeout: tuple[float, float] | None = (10.0, 10.0),
+    ) -> None:
+        settings = settings or EncoderSettings()
+        fmt = output_format_for(url)
+        options = {"rtsp_transport": transport} if fmt == "rtsp" else {}
+        self._display = redact_url(url)
+        try:
+            self._container = av.open(url, mode="w", format=fmt, options=options, timeout=timeout)
+        except (av.error.FFmpegError, OSError, ValueError) as error:
+            raise OutputError(redact_text(f"cannot publish to {url}: {error}")) from None
+        try:
+            rate = Fraction(fps).limit_denominator(1001)
+            self._stream = self._container.add_stream(settings.codec, rate=rate)
+            self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, "yuv420p"
+            self._stream.time_base = TIME_BASE
+            self._stream.codec_context.time_base = TIME_BASE
+            self._stream.options = settings.options(float(rate))
+        except Exception as error:
+            self._container.close()
+            raise OutputError(redact_text(f"cannot set up the {settings.codec} encoder for {url}: {error}")) from None
+
+    def send(self, image: np.ndarray, pts: int) -> None:
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        frame.pts = pts
+        frame.time_base = TIME_BASE
+        try:
+            for packet in self._stream.encode(frame):
+                self._container.mux(packet)
+        except (av.error.FFmpegError, OSError, ValueError) as error:
+            raise OutputError(redact_text(f"publishing to {self._display} failed: {error}")) from None
+
+    def close(self) -> None:
+        try:
+            for packet in self._stream.encode(None):
+                self._container.mux(packet)
+        except (av.error.FFmpegError, OSError, ValueError):  # the server may be gone already
+            pass
+        finally:
+            try:
+                self._container.close()
+            except (av.error.FFmpegError, OSError, ValueError):
+                log.debug("closing the output failed", exc_info=True)
+
+
+@dataclass
+class PublisherStats:
+    """Counters of a publisher; read them from any thread."""
+
+    fresh: int = 0  # anonymized frames published
+    repeated: int = 0  # repeats of the last published frame (no new frame in time)
+    neutral: int = 0  # neutral frames (nothing to repeat, or held too long)
+    superseded: int = 0  # frames written while the previous one was still waiting: never published
+    output_skipped: int = 0  # frames due while the server connection was down
+    output_errors: int = 0
+    sessions: int = 0  # successful output (re)connections
+    connected: bool = False
+    latencies: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW), repr=False)
+    events: list[tuple[float, FrameKind]] = field(default_factory=list, repr=False)  # changes of frame kind
+
+    @property
+    def published(self) -> int:
+        return self.fresh + self.repeated + self.neutral
+
+
+class RtspPublisher:
+    """A pipeline sink that publishes anonymized frames at the source rate (see the module docstring).
+
+    ``open_output`` builds the connection (default :class:`RtspOutput`); tests pass a fake one.
+    Frames of another size than ``width`` x ``height`` are scaled to it (the input may come back at
+    another resolution after a reconnect; the output cannot change size mid-stream).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        width: int,
+        height: int,
+        fps: float,
+        transport: Literal["tcp", "udp"] = "tcp",
+        hold_seconds: float = 2.0,
+        settings: EncoderSettings | None = None,
+        backoff: Backoff | None = None,
+        open_output: Callable[[], Output] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if fps <= 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        self.url = url
+        self.display_url = redact_url(url)
+        # 4:2:0 needs even sizes; one pixel less is invisible, an odd-size 4:4:4 stream is unplayable for many viewers.
+        self.width, self.height = max(width - width % 2, 2), max(height - height % 2, 2)
+        self.fps = float(fps)
+        self.period = 1.0 / self.fps
+        self.hold_seconds = hold_seconds
+        self.backoff = backoff or Backoff(initial=0.5, maximum=5.0)
+        self._open_output = open_output or (
+            lambda: RtspOutput(url, width=self.width, height=self.height, fps=self.fps, transport=transport, settings=settings)
+        )
+        self._clock = clock
+        self.stats = PublisherStats()
+        self._cond = threading.Condition()
+        self._pending: VideoFrame | None = None
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._output: Output | None = None
+        self._reopen_at = 0.0
+        self._consecutive_errors = 0
+        self._neutral = neutral_frame(self.width, self.height)
+        self._last_image: np.ndarray | None = None
+        self._last_fresh_at = 0.0
+        self._last_kind: FrameKind | None = None
+        self._warned_gap = False
+        self._gap_started = 0.0
+        self._last_pts = -1
+        self._epoch = clock()
+        self._failure: BaseException | None = None
+
+    # -- pipeline side --------------------------------------------------------------------------
+    def start(self) -> RtspPublisher:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="sdgan-publish", daemon=True)
+            self._thread.start()
+        return self
+
+    def write(self, frame: VideoFrame) -> None:
+        """Hand over one *anonymized* frame; returns at once (the newest frame wins)."""
+        if self._failure is not None:
+            raise self._failure
+        with self._cond:
+            if self._pending is not None:
+                self.stats.superseded += 1
+            self._pending = frame
+            self._cond.notify_all()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the thread and close the connection (the server sees a TEARDOWN)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._disconnect()
+
+    def __enter__(self) -> RtspPublisher:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- publishing thread ----------------------------------------------------------------------
+    def _run(self) -> None:
+        deadline = self._clock() + 2 * self.period
+        try:
+            while True:
+                with self._cond:
+                    while self._pending is None and not self._closing:
+                        wait = deadline - self._clock()
+                        if wait <= 0:
+                            break
+                        self._cond.wait(wait)
+                    if self._closing:
+                        return
+                    frame, self._pending = self._pending, None
+                now = self._clock()
+                if frame is not None:
+                    image = self._fit(frame.image)
+                    self._last_image, self._last_fresh_at = image, now
+                    self._emit(image, "fresh", now, frame.capture_time)
+                    # One late frame is jitter, not an outage: fill only after two periods.
+                    deadline = now + 2 * self.period
+                else:
+                    if self._last_image is not None and now - self._last_fresh_at <= self.hold_seconds:
+                        self._emit(self._last_image, "repeat", now, None)
+                    else:
+                        self._emit(self._neutral, "neutral", now, None)
+                    # Fill on a steady grid; if encoding fell behind, start a new grid from now.
+                    deadline = deadline + self.period if deadline + self.period > now else now + self.period
+        except BaseException as error:  # handed to the pipeline on its next write()
+            log.exception("publisher thread failed")
+            self._failure = error
+
+    def _fit(self, image: np.ndarray) -> np.ndarray:
+        if image.shape[1] == self.width and image.shape[0] == self.height:
+            return image
+        return cv2.resize(image, (self.width, self.height), interpolation=cv2.INTER_AREA)
+
+    def _emit(self, image: np.ndarray, kind: FrameKind, now: float, capture_time: float | None) -> None:
+        self._log_kind_change(kind, now)
+        output = self._connected_output(now)
+        if output is None:
+            self.stats.output_skipped += 1
+            return
+        pts = max(round((now - self._epoch) / TIME_BASE), self._last_pts + 1)
+        try:
+            output.send(image, pts)
+        except OutputError as error:
+            self._on_output_error(error, now)
+            self.stats.output_skipped += 1
+            return
+        self._last_pts = pts
+        self._consecutive_errors = 0
+        if kind == "fresh":
+            self.stats.fresh += 1
+            if capture_time:
+                sent = self._clock()
+                self.stats.latencies.append((sent, sent - capture_time))
+        elif kind == "repeat":
+            self.stats.repeated += 1
+        else:
+            self.stats.neutral += 1
+
+    def _log_kind_change(self, kind: FrameKind, now: float) -> None:
+        # Short stalls (a slow frame) are normal and only logged at debug level; an outage that lasts
+        # (or has nothing to repeat) is a warning, and so is its end.
+        if kind != self._last_kind:
+            self.stats.events.append((now, kind))
+            self._last_kind = kind
+            if kind == "fresh":
+                if self._warned_gap:
+                    log.warning("publishing anonymized frames again after %.1f s", now - self._gap_started)
+                self._warned_gap = False
+                return
+            self._gap_started = self._last_fresh_at if self._last_image is not None else self._epoch
+            if kind == "neutral":
+                log.warning("no new frame for %.1f s: publishing a neutral frame", now - self._gap_started)
+                self._warned_gap = True
+        if kind == "repeat" and not self._warned_gap and now - self._gap_started >= _WARN_AFTER_SECONDS:
+            log.warning("no new frame for %.1f s: repeating the last covered frame", now - self._gap_started)
+            self._warned_gap = True
+
+    def _connected_output(self, now: float) -> Output | None:
+        if self._output is not None:
+            return self._output
+        if now < self._reopen_at:
+            return None
+        try:
+            self._output = self._open_output()
+        except OutputError as error:
+            self._on_output_error(error, now)
+            return None
+        self.stats.sessions += 1
+        self.stats.connected = True
+        log.info("publishing to %s (%dx%d at %.2f fps)", self.display_url, self.width, self.height, self.fps)
+        return self._output
+
+    def _on_output_error(self, error: Exception, now: float) -> None:
+        self._consecutive_errors += 1
+        self.stats.output_errors += 1
+        delay = self.backoff.delay(self._consecutive_errors)
+        level = logging.WARNING if self._consecutive_errors == 1 else logging.INFO
+        log.log(level, "%s; reconnecting the output in %.1f s", redact_text(str(error)), delay)
+        self._disconnect()
+        self._reopen_at = now + delay
+
+    def _disconnect(self) -> None:
+        output, self._output = self._output, None
+        self.stats.connected = False
+        if output is not None:
+            try:
+                output.close()
+            except Exception:  # a dead connection may refuse to close cleanly; it is gone either way
+                log.debug("closing the output failed", exc_info=True)
