@@ -11,10 +11,12 @@ from pathlib import Path
 
 from . import __version__
 from .bench import add_bench_parser
+from .build_engine import add_build_engine_parser
 from .config import METHODS, AnonymizeOptions, load_options_file, parse_size
 from .errors import SdganStreamError
 from .evaluate import add_evaluate_parser
 from .live import add_live_parser, add_rtsp_parser
+from .training_cli import add_prepare_data_parser, add_train_parser
 
 log = logging.getLogger("sdgan_stream")
 
@@ -225,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_parser(subparsers)
     add_live_parser(subparsers)
     add_rtsp_parser(subparsers)
+    add_prepare_data_parser(subparsers)
+    add_train_parser(subparsers)
+    add_build_engine_parser(subparsers)
     return parser
 
 

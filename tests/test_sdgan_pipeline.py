@@ -10,12 +10,12 @@ import pytest
 from sdgan_stream import anonymize_video
 from sdgan_stream.anonymize import CoverRenderer, FrameAnonymizer
 from sdgan_stream.config import AnonymizeOptions
+from sdgan_stream.recognizer import SAME_PERSON_DISTANCE, FaceRecognizer
 from sdgan_stream.render import SdganRenderer
 from sdgan_stream.samples import SyntheticClip, face_photos
 from sdgan_stream.types import Detections, Face, VideoFrame
 
 from .conftest import audio_packets, read_frames
-from .test_file_anonymizer import _assert_faces_covered
 
 
 @pytest.fixture(scope="module")
@@ -23,15 +23,40 @@ def renderer() -> SdganRenderer:
     return SdganRenderer.from_options(AnonymizeOptions(backend="eager", device="cpu"))
 
 
-def test_default_method_is_sdgan_and_replaces_every_face(face_clip: SyntheticClip, tmp_path: Path) -> None:
-    assert AnonymizeOptions().method == "sdgan"
+def _sdgan_clip(face_clip: SyntheticClip, tmp_path: Path):
     out = tmp_path / "sdgan.mp4"
-    report = anonymize_video(face_clip.path, out, seed=3, detect_size=(640, 640))
+    report = anonymize_video(face_clip.path, out, method="sdgan", seed=3, detect_size=(640, 640))
+    return out, report
+
+
+def test_sdgan_replaces_every_face_and_keeps_timing_and_audio(face_clip: SyntheticClip, tmp_path: Path) -> None:
+    out, report = _sdgan_clip(face_clip, tmp_path)
     original, pts_in, _ = read_frames(face_clip.path)
     result, pts_out, _ = read_frames(out)
     assert pts_out == pts_in and audio_packets(out) == audio_packets(face_clip.path)
     assert report.stats.get("faces_sdgan", 0) >= face_clip.frame_count  # generated, not covered
-    _assert_faces_covered(original, result, face_clip)
+    assert not any(k.startswith("fallback_") for k in report.stats)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known open problem: the starter weights were trained on these two photos and still let dlib's "
+    "recognizer match some of their faces (distance 0.56-0.60 on a few); needs weights trained on a real data set",
+)
+def test_sdgan_hides_identity_from_an_independent_recognizer(face_clip: SyntheticClip, tmp_path: Path) -> None:
+    out, report = _sdgan_clip(face_clip, tmp_path)
+    original, _, _ = read_frames(face_clip.path)
+    result, _, _ = read_frames(out)
+    # The judge is dlib's recognizer, a model the generator never trains with: at every true face
+    # position the anonymized face must be another person (distance >= 0.6, dlib's own threshold).
+    recognizer = FaceRecognizer()
+    for index in range(0, len(original), 5):
+        for box in face_clip.face_boxes[index]:
+            reference = recognizer.embed(original[index], recognizer.shape(original[index], box))
+            found = recognizer.detect_near(result[index], box)
+            points = recognizer.shape(result[index], found.box if found is not None else box)
+            distance = float(np.linalg.norm(recognizer.embed(result[index], points) - reference))
+            assert distance >= SAME_PERSON_DISTANCE, f"frame {index}: the original identity is still recognizable ({distance:.2f})"
 
 
 def _face_on_canvas() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -87,3 +112,21 @@ def test_a_generator_error_never_lets_the_face_through(renderer: SdganRenderer) 
     x1, y1, x2, y2 = box.astype(int)
     assert (out.image[y1 + 10 : y2 - 10, x1 + 10 : x2 - 10] == 0).all()
     assert anonymizer.stats["fallback_renderer_error"] == 1
+
+
+def test_temporal_smoothing_steadies_a_tracked_face_and_forgets_ended_tracks(renderer: SdganRenderer) -> None:
+    image, box, landmarks = _face_on_canvas()
+    jitter = np.array([[1.5, -1.0]] * 5, np.float32)
+
+    def second_frame_change(smoothing: float) -> float:
+        steady = SdganRenderer(backend=renderer.backend, config=renderer.config, landmarker=renderer.landmarker, fallback=CoverRenderer(), temporal_smoothing=smoothing)
+        first, second = image.copy(), image.copy()
+        steady.render(first, [Face(box=box, score=0.9, landmarks=landmarks, track_id=1, identity_seed=4)])
+        steady.render(second, [Face(box=box + 1.0, score=0.9, landmarks=landmarks + jitter, track_id=1, identity_seed=4)])
+        assert set(steady._previous) == {1}
+        steady.render(image.copy(), [Face(box=box, score=0.9, landmarks=landmarks, track_id=2, identity_seed=4)])
+        assert set(steady._previous) == {2}  # track 1 ended: its crop is gone
+        x1, y1, x2, y2 = box.astype(int)
+        return float(np.abs(first[y1:y2, x1:x2].astype(int) - second[y1:y2, x1:x2].astype(int)).mean())
+
+    assert second_frame_change(0.5) < second_frame_change(0.0)

@@ -1,0 +1,113 @@
+"""Export the SDGAN generator to ONNX (opset 17, dynamic batch axis) and cache the file by weights hash.
+
+The exported graph takes ``masked`` (B, 3, S, S), ``semantic`` (B, label_nc, S, S) and ``identity``
+(B, identity_dim), all float32, and returns ``generated`` (B, 3, S, S). Exporting takes a few seconds
+on two cores; the cache makes every later start load the file instead.
+
+Uses the TorchScript exporter (``dynamo=False``), which needs only the ``onnx`` package; the dynamo
+exporter would also need ``onnxscript`` and lands on opset 18.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from .cache import ArtifactCache, ArtifactKey, weights_digest
+
+log = logging.getLogger(__name__)
+
+__all__ = ["INPUT_NAMES", "ONNX_OPSET", "OUTPUT_NAME", "cached_onnx_model", "export_onnx", "onnx_key"]
+
+ONNX_OPSET = 17
+INPUT_NAMES = ("masked", "semantic", "identity")
+OUTPUT_NAME = "generated"
+
+
+def _example_inputs(config: Any, batch: int = 2) -> tuple[Any, Any, Any]:
+    import torch
+
+    s = config.image_size
+    masked = torch.rand(batch, 3, s, s) * 2 - 1
+    masked[:, :, s // 4 : 3 * s // 4, s // 4 : 3 * s // 4] = 0  # a hole, so the traced graph sees one
+    labels = torch.randint(0, config.label_nc, (batch, s, s))
+    semantic = torch.nn.functional.one_hot(labels, config.label_nc).permute(0, 3, 1, 2).float()
+    identity = torch.nn.functional.normalize(torch.randn(batch, config.identity_dim), dim=1)
+    return masked, semantic, identity
+
+
+def export_onnx(generator: Any, config: Any, path: str | Path, *, opset: int = ONNX_OPSET) -> Path:
+    """Write ``generator`` (float32, on CPU, eval) to ``path`` as ONNX with a dynamic batch axis."""
+    import copy
+
+    import torch
+
+    if generator.training:
+        raise ValueError("export an eval-mode generator (call .eval() first)")
+    # A CPU float32 copy: the caller's module may live on a GPU or in channels_last; export needs neither.
+    module = copy.deepcopy(generator).to("cpu", torch.float32).to(memory_format=torch.contiguous_format).eval()
+    axes = {name: {0: "batch"} for name in (*INPUT_NAMES, OUTPUT_NAME)}
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        # The legacy exporter warns that it is legacy, and that InstanceNorm exports with train=True
+        # (which is what InstanceNorm without running stats computes in eval mode too).
+        warnings.simplefilter("ignore")
+        with torch.no_grad():
+            torch.onnx.export(
+                module,
+                _example_inputs(config),
+                str(path),
+                dynamo=False,
+                opset_version=opset,
+                input_names=list(INPUT_NAMES),
+                output_names=[OUTPUT_NAME],
+                dynamic_axes=axes,
+                do_constant_folding=True,
+            )
+    log.debug("exported generator to ONNX opset %d in %.1f s", opset, time.perf_counter() - started)
+    return Path(path)
+
+
+def onnx_key(generator: Any, config: Any, *, opset: int = ONNX_OPSET, digest: str | None = None) -> ArtifactKey:
+    """Cache key of the exported model: weights, generator config, opset and exporter (torch) version."""
+    import onnx
+    import torch
+
+    return ArtifactKey(
+        kind="onnx",
+        weights=digest or weights_digest(generator),
+        shapes={"generator": config.to_dict(), "batch": "dynamic"},
+        precision="fp32",
+        runtime=f"torch-{torch.__version__}/onnx-{onnx.__version__}/opset-{opset}",
+    )
+
+
+def cached_onnx_model(
+    generator: Any,
+    config: Any,
+    *,
+    cache: ArtifactCache | None = None,
+    opset: int = ONNX_OPSET,
+    digest: str | None = None,
+) -> Path:
+    """Path of the ONNX file for these weights, exporting (and caching) it on first use."""
+    cache = cache or ArtifactCache()
+    key = onnx_key(generator, config, opset=opset, digest=digest)
+    found = cache.lookup(key, ".onnx")
+    if found is not None:
+        log.debug("ONNX model from cache: %s", found)
+        return found
+    started = time.perf_counter()
+    path = cache.store(key, ".onnx", lambda tmp: _export_and_check(generator, config, tmp, opset))
+    log.info("exported the generator to ONNX in %.1f s (cached as %s)", time.perf_counter() - started, path)
+    return path
+
+
+def _export_and_check(generator: Any, config: Any, path: Path, opset: int) -> None:
+    import onnx
+
+    export_onnx(generator, config, path, opset=opset)
+    onnx.checker.check_model(str(path))  # a broken export must not land in the cache

@@ -1,0 +1,349 @@
+"""Face crops cut from and pasted back into a frame with torch ops, for every face of a frame at once.
+
+The same geometry as :mod:`sdgan_stream.align` / :mod:`sdgan_stream.blend` (OpenCV 2x3 matrices mapping
+image -> crop pixels, pixel centres at integer coordinates), written with ``affine_grid`` +
+``grid_sample`` so a renderer on CUDA keeps the frame on the GPU: upload the frame once (pinned),
+warp all crops in one call, run the generator on the batch, paste all results back, download once.
+Nothing here is CUDA-specific; the tests run it on CPU tensors against ``cv2.warpAffine``.
+
+Tensors are float (any dtype grid_sample takes), channels first: a frame is (C, H, W) with values in
+whatever range the caller uses (0..255 or 0..1; the Lab helpers expect 0..1).
+
+>>> import torch
+>>> frame = torch.arange(48.0).reshape(1, 6, 8)
+>>> identity = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
+>>> bool(torch.allclose(warp_crops(frame, identity, 4)[0, 0], frame[0, :4, :4]))
+True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from ..faceprep import PreparedFace
+
+__all__ = [
+    "DeviceFrameRenderer",
+    "crop_bounds",
+    "feather_alpha",
+    "lab_to_rgb",
+    "match_color",
+    "paste_crops",
+    "rgb_to_lab",
+    "warp_crops",
+]
+
+
+def _as_matrices(matrices: torch.Tensor | np.ndarray | Sequence, device: torch.device) -> torch.Tensor:
+    m = torch.as_tensor(np.asarray(matrices, np.float64) if not isinstance(matrices, torch.Tensor) else matrices)
+    m = m.to(device=device, dtype=torch.float64)
+    if m.dim() == 2:
+        m = m[None]
+    if m.shape[1:] != (2, 3):
+        raise ValueError(f"matrices must be (B, 2, 3), got {tuple(m.shape)}")
+    return m
+
+
+def _homogeneous(m: torch.Tensor) -> torch.Tensor:
+    bottom = torch.tensor([0.0, 0.0, 1.0], dtype=m.dtype, device=m.device).expand(m.shape[0], 1, 3)
+    return torch.cat([m, bottom], dim=1)
+
+
+def _pixel_to_normalized(width: int, height: int, like: torch.Tensor) -> torch.Tensor:
+    """3x3 map from pixel coordinates (centres at integers) to grid_sample's [-1, 1] (align_corners=False)."""
+    return torch.tensor(
+        [[2.0 / width, 0.0, 1.0 / width - 1.0], [0.0, 2.0 / height, 1.0 / height - 1.0], [0.0, 0.0, 1.0]],
+        dtype=like.dtype, device=like.device,
+    )
+
+
+def _normalized_to_pixel(width: int, height: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.inv(_pixel_to_normalized(width, height, like))
+
+
+def _scales(m: torch.Tensor) -> torch.Tensor:
+    """Uniform scale (crop pixels per image pixel) of each matrix."""
+    return torch.sqrt(torch.abs(torch.linalg.det(m[:, :, :2])))
+
+
+def warp_crops(
+    frame: torch.Tensor,
+    matrices: torch.Tensor | np.ndarray,
+    size: int,
+    *,
+    mode: str = "bilinear",
+    padding_mode: str = "border",
+    antialias: bool = True,
+) -> torch.Tensor:
+    """Cut ``size`` x ``size`` crops out of ``frame`` for each 2x3 image->crop matrix: (B, C, size, size).
+
+    ``frame`` is (C, H, W) (shared by every crop) or (B, C, H, W). ``padding_mode='border'`` repeats the
+    edge like ``cv2.BORDER_REPLICATE``. With ``antialias``, a crop that shrinks the face by more than
+    1.5x is sampled on a k-times finer grid and box-averaged (k up to 4), the batched counterpart of
+    the area pre-reduction in :func:`sdgan_stream.align.warp_to_crop`.
+    """
+    if frame.dim() == 3:
+        frame = frame[None]
+    if not frame.is_floating_point():
+        frame = frame.float()  # uint8 frames: grid_sample needs floats
+    m = _as_matrices(matrices, frame.device)
+    batch, (height, width) = m.shape[0], frame.shape[-2:]
+    if frame.shape[0] == 1 and batch > 1:
+        frame = frame.expand(batch, *frame.shape[1:])
+    factor = 1
+    if antialias:
+        smallest = float(_scales(m).min()) if batch else 1.0
+        if smallest < 0.67:
+            factor = int(min(4, math.ceil(1.0 / (1.5 * smallest))))
+    out_size = size * factor
+    # Output pixel (u, v) of the (factor-times finer) crop samples image point M^-1 (u', v'), where
+    # u' = (u + 0.5) / factor - 0.5 is its position in crop pixels.
+    sub = torch.tensor([[1.0 / factor, 0.0, 0.5 / factor - 0.5], [0.0, 1.0 / factor, 0.5 / factor - 0.5], [0.0, 0.0, 1.0]],
+                       dtype=m.dtype, device=m.device)
+    inverse = torch.linalg.inv(_homogeneous(m))
+    theta = _pixel_to_normalized(width, height, m) @ inverse @ sub @ _normalized_to_pixel(out_size, out_size, m)
+    grid = F.affine_grid(theta[:, :2].to(frame.dtype), [batch, frame.shape[1], out_size, out_size], align_corners=False)
+    crops = F.grid_sample(frame, grid, mode=mode, padding_mode=padding_mode, align_corners=False)
+    if factor > 1:
+        crops = F.avg_pool2d(crops, factor)
+    return crops
+
+
+def crop_bounds(matrices: np.ndarray, size: int, image_shape: tuple[int, int], *, pad: int = 1) -> np.ndarray:
+    """Integer image regions (B, 4) x1, y1, x2, y2 covered by each crop (clipped; empty when x2 <= x1).
+
+    Computed on the host from the host-side matrices: the renderer knows them before any GPU work.
+    """
+    m = np.asarray(matrices, np.float64).reshape(-1, 2, 3)
+    corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], np.float64)
+    height, width = image_shape
+    boxes = np.zeros((len(m), 4), np.int64)
+    for i, matrix in enumerate(m):
+        inv = np.linalg.inv(np.vstack([matrix, [0, 0, 1]]))[:2]
+        pts = corners @ inv.T
+        x1, y1 = np.floor(pts.min(0)).astype(int) - pad
+        x2, y2 = np.ceil(pts.max(0)).astype(int) + pad
+        boxes[i] = (max(x1, 0), max(y1, 0), min(x2, width), min(y2, height))
+    return boxes
+
+
+def paste_crops(
+    frame: torch.Tensor,
+    crops: torch.Tensor,
+    alphas: torch.Tensor,
+    matrices: torch.Tensor | np.ndarray,
+    *,
+    mode: str | None = None,
+    clamp: tuple[float, float] | None = (0.0, 255.0),
+) -> torch.Tensor:
+    """Blend each crop into ``frame`` (C, H, W) in place through the inverse of its matrix; returns ``frame``.
+
+    ``alphas`` (B, 1, S, S) in 0..1 is the crop-space opacity (e.g. :func:`feather_alpha` of the
+    replaced region). All faces are resampled in one ``grid_sample`` over a common region size; the
+    blends are then applied face by face (in order, so later faces win where faces overlap), with
+    no host synchronisation. ``mode`` defaults to bicubic when any crop is enlarged on the way back
+    (as :func:`sdgan_stream.blend.paste_back` does with INTER_CUBIC), else bilinear.
+    """
+    if crops.shape[0] == 0:
+        return frame
+    host_m = matrices.detach().cpu().numpy() if isinstance(matrices, torch.Tensor) else np.asarray(matrices, np.float64)
+    host_m = host_m.reshape(-1, 2, 3)
+    size = crops.shape[-1]
+    height, width = frame.shape[-2:]
+    boxes = crop_bounds(host_m, size, (height, width))
+    keep = [i for i, (x1, y1, x2, y2) in enumerate(boxes) if x2 > x1 and y2 > y1]
+    if not keep:
+        return frame
+    region_w = int(max(boxes[i, 2] - boxes[i, 0] for i in keep))
+    region_h = int(max(boxes[i, 3] - boxes[i, 1] for i in keep))
+    m = _as_matrices(host_m[keep], frame.device)
+    if mode is None:
+        mode = "bicubic" if bool((_scales(m) < 1.0).any()) else "bilinear"
+    offsets = torch.as_tensor(boxes[keep, :2], dtype=m.dtype, device=m.device)
+    shift = torch.zeros(len(keep), 3, 3, dtype=m.dtype, device=m.device)
+    shift[:, 0, 0] = shift[:, 1, 1] = shift[:, 2, 2] = 1.0
+    shift[:, :2, 2] = offsets
+    # Region pixel (x, y) is image pixel (x + x1, y + y1), which the matrix sends to crop pixel M (x + x1, y + y1).
+    theta = _pixel_to_normalized(size, size, m) @ _homogeneous(m) @ shift @ _normalized_to_pixel(region_w, region_h, m)
+    source = torch.cat([crops[keep], alphas[keep].to(crops.dtype)], dim=1)
+    grid = F.affine_grid(theta[:, :2].to(source.dtype), [len(keep), source.shape[1], region_h, region_w], align_corners=False)
+    # Zeros outside the crop: the warped alpha is 0 there, so the frame keeps its pixels.
+    warped = F.grid_sample(source, grid, mode=mode, padding_mode="zeros", align_corners=False)
+    for j, i in enumerate(keep):
+        x1, y1, x2, y2 = (int(v) for v in boxes[i])
+        patch = warped[j, :-1, : y2 - y1, : x2 - x1]
+        if clamp is not None:
+            patch = patch.clamp(*clamp)
+        alpha = warped[j, -1:, : y2 - y1, : x2 - x1].clamp(0.0, 1.0)
+        roi = frame[:, y1:y2, x1:x2]
+        roi.copy_(roi * (1 - alpha) + patch.to(frame.dtype) * alpha)
+    return frame
+
+
+def feather_alpha(region_mask: torch.Tensor, feather_px: float) -> torch.Tensor:
+    """(B, 1, S, S) alpha: 1 on the region and 1 px around it, smoothstep down to 0 ``feather_px`` further out.
+
+    The torch twin of :func:`sdgan_stream.blend.feather_alpha` (which uses ``cv2.distanceTransform``):
+    the Euclidean distance to the region is found exactly within the feather radius by one conv with a
+    ring kernel per distinct distance, so all faces are done in one call.
+    """
+    inside = (region_mask > 0.5).to(torch.float32)
+    if inside.dim() == 3:
+        inside = inside[:, None]
+    radius = int(math.ceil(max(feather_px, 1e-6) + 1.0)) + 1
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32, device=inside.device)
+    dist = torch.sqrt(offsets[:, None] ** 2 + offsets[None, :] ** 2)
+    levels = torch.unique(dist[dist <= radius])
+    levels = levels[levels > 0]
+    rings = (dist[None] == levels[:, None, None]).to(torch.float32)[:, None]  # (K, 1, k, k)
+    hits = F.conv2d(inside, rings, padding=radius) > 0.5  # (B, K, S, S): an inside pixel at that distance
+    far = torch.tensor(float("inf"), device=inside.device)
+    distance = torch.where(hits, levels[None, :, None, None], far).amin(dim=1, keepdim=True)
+    distance = torch.where(inside > 0.5, torch.zeros_like(distance), distance)
+    t = ((distance - 1.0) / max(feather_px, 1e-6)).clamp(0.0, 1.0)
+    return 1.0 - t * t * (3.0 - 2.0 * t)
+
+
+# -- colour -------------------------------------------------------------------------------------------
+_RGB_TO_XYZ = torch.tensor([[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]])
+_WHITE = torch.tensor([0.950456, 1.0, 1.088754])
+
+
+def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
+    """sRGB in 0..1, (..., 3, H, W) -> CIE Lab with OpenCV's float convention (L 0..100)."""
+    linear = torch.where(rgb > 0.04045, ((rgb.clamp(min=0) + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+    xyz = torch.einsum("ij,...jhw->...ihw", _RGB_TO_XYZ.to(rgb), linear) / _WHITE.to(rgb)[:, None, None]
+    f = torch.where(xyz > 0.008856, xyz.clamp(min=1e-12) ** (1.0 / 3.0), 7.787 * xyz + 16.0 / 116.0)
+    y = xyz[..., 1:2, :, :]
+    lightness = torch.where(y > 0.008856, 116.0 * f[..., 1:2, :, :] - 16.0, 903.3 * y)
+    a = 500.0 * (f[..., 0:1, :, :] - f[..., 1:2, :, :])
+    b = 200.0 * (f[..., 1:2, :, :] - f[..., 2:3, :, :])
+    return torch.cat([lightness, a, b], dim=-3)
+
+
+def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`rgb_to_lab` (values may leave 0..1 for out-of-gamut colours; clamp after)."""
+    lightness, a, b = lab[..., 0:1, :, :], lab[..., 1:2, :, :], lab[..., 2:3, :, :]
+    fy = (lightness + 16.0) / 116.0
+    fx, fz = fy + a / 500.0, fy - b / 200.0
+
+    def inverse_f(t: torch.Tensor) -> torch.Tensor:
+        return torch.where(t > 0.206893, t**3, (t - 16.0 / 116.0) / 7.787)
+
+    xyz = torch.cat([inverse_f(fx), inverse_f(fy), inverse_f(fz)], dim=-3) * _WHITE.to(lab)[:, None, None]
+    linear = torch.einsum("ij,...jhw->...ihw", torch.linalg.inv(_RGB_TO_XYZ).to(lab), xyz)
+    return torch.where(linear > 0.0031308, 1.055 * linear.clamp(min=1e-12) ** (1.0 / 2.4) - 0.055, 12.92 * linear)
+
+
+def match_color(
+    generated: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor, *, spread_limits: tuple[float, float] = (0.5, 2.0),
+    min_pixels: int = 32,
+) -> torch.Tensor:
+    """Per face, move ``generated``'s Lab mean and spread over ``mask`` to ``reference``'s (as blend.match_color,
+    in float Lab rather than OpenCV's 8-bit Lab: within about a grey level of it on face colours).
+
+    ``generated``/``reference``: (B, 3, S, S) RGB in 0..1; ``mask``: (B, 1, S, S) or (B, S, S) bool/0..1.
+    Faces with fewer than ``min_pixels`` mask pixels are returned unchanged. Returns RGB clamped to 0..1.
+    """
+    weight = (mask > 0.5).to(generated.dtype)
+    if weight.dim() == 3:
+        weight = weight[:, None]
+    count = weight.sum(dim=(2, 3), keepdim=True)
+    gen_lab, ref_lab = rgb_to_lab(generated), rgb_to_lab(reference)
+
+    def stats(lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = (lab * weight).sum(dim=(2, 3), keepdim=True) / count.clamp(min=1)
+        var = (((lab - mean) ** 2) * weight).sum(dim=(2, 3), keepdim=True) / count.clamp(min=1)
+        return mean, var.sqrt()
+
+    g_mean, g_std = stats(gen_lab)
+    r_mean, r_std = stats(ref_lab)
+    gain = (r_std / g_std.clamp(min=1e-3)).clamp(*spread_limits)
+    shifted = (gen_lab - g_mean) * gain + r_mean
+    # Clip to the Lab box OpenCV's 8-bit Lab can hold (blend.match_color round-trips through it), then RGB.
+    low = torch.tensor([0.0, -128.0, -128.0], dtype=shifted.dtype, device=shifted.device)[:, None, None]
+    high = torch.tensor([100.0, 127.0, 127.0], dtype=shifted.dtype, device=shifted.device)[:, None, None]
+    out = lab_to_rgb(torch.maximum(torch.minimum(shifted, high), low)).clamp(0.0, 1.0)
+    enough = (count >= min_pixels).to(out.dtype)
+    return out * enough + generated * (1 - enough)
+
+
+# -- the whole per-frame GPU path ------------------------------------------------------------------------
+class DeviceFrameRenderer:
+    """All faces of one frame on the backend's device: one upload, one generator call, one download.
+
+    Replaces, for every :class:`~sdgan_stream.faceprep.PreparedFace` (landmarks, maps and region masks
+    stay on the host, where they are made), the CPU chain ``warp_to_crop`` -> ``backend.generate`` ->
+    ``blend.paste_back`` (Lab colour match + feathered alpha + inverse warp) with its torch twin:
+
+    frame (pinned) -> device -> crops (grid_sample, antialiased) -> masked input / one-hot map ->
+    ``backend.generate_tensors`` -> generated face inside the region, crop outside -> Lab match over
+    the skin class -> feathered alpha -> inverse warp and blend -> host.
+
+    Crops are rounded to whole grey levels before scaling to [-1, 1]: the generator finds its hole as
+    exact zeros, and a float crop value of exactly 127.5 would otherwise read as hole.
+
+    >>> # renderer = DeviceFrameRenderer(backend=backend, label_nc=11)
+    >>> # renderer.render(image, prepared_faces, identity_codes)   # image (H, W, 3) uint8, changed in place
+    """
+
+    def __init__(self, *, backend: Any, label_nc: int, skin_class: int | None = None, feather: float = 0.035,
+                 color: bool = True) -> None:
+        from ..semantic import class_id
+
+        self.backend = backend
+        self.device = torch.device(getattr(backend, "torch_device", backend.device))
+        self.label_nc = label_nc
+        self.skin_class = class_id("skin") if skin_class is None else skin_class
+        self.feather = feather
+        self.color = color
+        self._pinned = self.device.type == "cuda"
+        self._host: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def _host_buffer(self, shape: tuple[int, ...]) -> torch.Tensor:
+        buf = self._host.get(shape)
+        if buf is None:
+            buf = torch.empty(shape, dtype=torch.uint8, pin_memory=self._pinned)
+            self._host = {shape: buf}  # one frame size at a time: a stream does not change resolution
+        return buf
+
+    def render(self, image: np.ndarray, faces: Sequence[PreparedFace], identity: np.ndarray) -> np.ndarray:
+        """Generate and paste every face of ``faces`` into ``image`` (H, W, 3) uint8, in place; returns the
+        generated, composited crops (B, S, S, 3) uint8 (what the CPU renderer keeps for ``inspect``)."""
+        if not faces:
+            return np.zeros((0, 0, 0, 3), np.uint8)
+        size = faces[0].size
+        host = self._host_buffer(tuple(image.shape))
+        host.numpy()[...] = image
+        frame = host.to(self.device, non_blocking=True).permute(2, 0, 1).float()
+        matrices = np.stack([f.matrix for f in faces])
+        labels = torch.from_numpy(np.stack([f.labels for f in faces]).astype(np.int64)).to(self.device, non_blocking=True)
+        region = torch.from_numpy(np.stack([f.region_mask for f in faces])[:, None]).to(self.device, non_blocking=True) > 0.5
+        identity_t = torch.from_numpy(np.ascontiguousarray(identity, np.float32)).to(self.device, non_blocking=True)
+
+        crops = warp_crops(frame, matrices, size).round().clamp(0, 255)
+        masked = (crops / 127.5 - 1.0) * (~region)
+        semantic = F.one_hot(labels, self.label_nc).permute(0, 3, 1, 2).float()
+        generated = self.backend.generate_tensors(masked, semantic, identity_t)
+        generated = ((generated + 1.0) * 127.5).clamp(0, 255).round()
+        composite = torch.where(region, generated, crops)
+        if self.color:
+            skin = (labels == self.skin_class)[:, None]
+            colour = (match_color(composite / 255.0, crops / 255.0, skin) * 255.0).round()
+        else:
+            colour = composite
+        alpha = feather_alpha(region.float(), self.feather * size)
+        paste_crops(frame, colour, alpha, matrices)
+        host.copy_(frame.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0), non_blocking=True)
+        crops_out = composite.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # synchronizes the stream
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()
+        image[...] = host.numpy()
+        return crops_out

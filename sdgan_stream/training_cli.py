@@ -1,0 +1,251 @@
+"""Command-line front ends of ``sdgan-stream prepare-data`` and ``sdgan-stream train``.
+
+``cli.py`` wires them in with :func:`add_prepare_data_parser` and :func:`add_train_parser`; each
+sub-parser stores its run function in ``func`` (called with the parsed namespace, returns an exit
+code). ``python -m sdgan_stream.training_cli {prepare-data,train} ...`` runs them standalone.
+
+The training code lives in the top-level ``train`` package (imported lazily here so that inference
+never pays for it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+__all__ = ["add_prepare_data_parser", "add_train_parser", "main", "run_prepare_data", "run_train"]
+
+
+def add_prepare_data_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "prepare-data",
+        help="detect, align and label face photos into training shards",
+        description=(
+            "Detect faces (CenterFace), fit 68 landmarks (dlib), align, build semantic maps and store compact "
+            "shards with a manifest.json. Identity labels come from sub-folders (IMAGES_DIR/person/x.jpg), "
+            "one per image, or a CelebA-style identity file."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("images_dir", nargs="?", metavar="IMAGES_DIR", help="folder of photos (searched recursively)")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="output folder for shards and manifest.json")
+    p.add_argument("--sample-photos", action="store_true",
+                   help="use the face photos that installed packages ship (astronaut, Grace Hopper) instead of IMAGES_DIR")
+    p.add_argument("--size", type=int, default=128, help="aligned crop size in pixels (128 or 256)")
+    p.add_argument("--identities", default="auto",
+                   help="identity labels: auto, subfolders, per-image, or file:PATH (lines 'image identity', as CelebA's identity_CelebA.txt)")
+    p.add_argument("--all-faces", action="store_true", help="keep every face of a photo, not only the largest")
+    p.add_argument("--threshold", type=float, default=0.5, help="face detection threshold")
+    p.add_argument("--min-face", type=float, default=48.0, help="skip faces narrower than this many pixels")
+    p.add_argument("--shard-size", type=int, default=1000, help="faces per shard file")
+    p.add_argument("--limit", type=int, default=None, help="use at most this many images")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=run_prepare_data)
+    return p
+
+
+def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
+    from .models.generator import GeneratorConfig
+
+    d = GeneratorConfig()
+    p = subparsers.add_parser(
+        "train",
+        help="train the SDGAN generator on prepared data",
+        description=(
+            "Train generator, hybrid discriminator and identity encoder. Checkpoints (safetensors + JSON) go to "
+            "RUN_DIR/checkpoints, losses to RUN_DIR/log.csv and loss_curve.png, sample grids to RUN_DIR/samples. "
+            "--export writes the bundle that `anonymize --weights PATH` loads."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--data", required=True, help="folder written by prepare-data")
+    p.add_argument("--out", required=True, help="run folder (created)")
+    p.add_argument("--steps", type=int, default=2000, help="total training steps (a resumed run continues to this)")
+    p.add_argument("--batch", type=int, default=8, help="batch size")
+    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only; ignored with a warning on CPU)")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    p.add_argument("--export", metavar="PATH", default=None,
+                   help="after training, write the inference bundle here (with --steps 0 and --resume: export only)")
+    p.add_argument("--seed", type=int, default=0, help="seed for initialisation and data (runs are reproducible)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--mode", default="auto", choices=("auto", "identikit", "identity"),
+                   help="identikit: composite identities from a few photos; identity: SDGAN's swap/reconstruct "
+                        "on an identity-labelled data set; auto: identikit below 20 identities")
+    p.add_argument("--ngf", type=int, default=d.ngf, help="generator width at full resolution")
+    p.add_argument("--spade-hidden", type=int, default=d.spade_hidden, help="SPADE hidden width")
+    p.add_argument("--identity-dim", type=int, default=d.identity_dim, help="identity code length")
+    p.add_argument("--ndf", type=int, default=32, help="discriminator width")
+    p.add_argument("--encoder-width", type=int, default=32, help="identity encoder width")
+    p.add_argument("--lr", type=float, default=2e-4, help="learning rate of all three networks")
+    p.add_argument("--vgg19-weights", default=None,
+                   help="torchvision VGG19 state dict (.safetensors or .pth) for the perceptual loss; without it "
+                        "discriminator feature matching is the perceptual term")
+    p.add_argument("--sample-every", type=int, default=200, help="write a sample grid every K steps")
+    p.add_argument("--checkpoint-every", type=int, default=500, help="checkpoint every K steps")
+    p.add_argument("--log-every", type=int, default=10, help="append losses to log.csv every K steps")
+    p.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard (needs the tensorboard package)")
+    p.add_argument("--description", default="", help="free text stored in the exported bundle's metadata")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=run_train)
+    return p
+
+
+def _progress_bar(enabled: bool, total: int, initial: int = 0, unit: str = "step") -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit=unit, dynamic_ncols=True, file=sys.stderr)
+
+
+def run_prepare_data(args: argparse.Namespace) -> int:
+    from train.prepare import prepare_dataset
+
+    bar = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if args.no_progress:
+            return
+        if bar is None:
+            bar = _progress_bar(True, total, unit="image")
+        bar.update(done - bar.n)
+
+    try:
+        manifest = prepare_dataset(
+            args.out_dir,
+            images_dir=None if args.sample_photos else args.images_dir,
+            use_sample_photos=args.sample_photos,
+            size=args.size,
+            identities=args.identities,
+            all_faces=args.all_faces,
+            threshold=args.threshold,
+            min_face=args.min_face,
+            shard_size=args.shard_size,
+            limit=args.limit,
+            progress=progress,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    print(
+        f"prepared {manifest['count']} faces of {len(manifest['identities'])} identities from {manifest['images']} "
+        f"images into {args.out_dir} (skipped: {manifest['failures'] or 'none'})"
+    )
+    return 0
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        from .errors import BackendUnavailableError
+
+        raise BackendUnavailableError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    return name
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from train.trainer import TrainConfig, Trainer
+
+    from .models.generator import GeneratorConfig
+
+    if args.threads:
+        import cv2
+
+        torch.set_num_threads(args.threads)
+        cv2.setNumThreads(args.threads)  # the augmentation's OpenCV calls share the same cores
+    device = _device(args.device)
+    run_dir = Path(args.out)
+    config_path = run_dir / "config.json"
+    if args.resume and config_path.is_file():
+        # A resumed run keeps its own configuration; only the step target may grow.
+        stored = json.loads(config_path.read_text())["train"]
+        config = TrainConfig.from_dict({**stored, "steps": max(args.steps, 0) or stored["steps"]})
+    else:
+        from .semantic import CLASS_NAMES
+        from train.shards import read_manifest
+
+        size = int(read_manifest(args.data)["size"])
+        config = TrainConfig(
+            steps=args.steps, batch=args.batch, seed=args.seed, mode=args.mode, lr_g=args.lr, lr_d=args.lr, lr_e=args.lr,
+            ndf=args.ndf, encoder_width=args.encoder_width, amp=args.amp, vgg19_weights=args.vgg19_weights,
+            sample_every=args.sample_every, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+            generator=GeneratorConfig(
+                image_size=size, label_nc=len(CLASS_NAMES), identity_dim=args.identity_dim, ngf=args.ngf,
+                spade_hidden=args.spade_hidden,
+            ),
+        )
+    trainer = Trainer(data_dir=args.data, run_dir=run_dir, config=config, device=device)
+    if args.resume:
+        trainer.load_checkpoint()
+    log.info("training on %s: %d faces, %d identities, sampling %s", device, len(trainer.faces),
+             trainer.faces.num_identities, type(trainer.sampler).__name__)
+    writer = None
+    if args.tensorboard:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(run_dir / "tensorboard"))
+        except ImportError:
+            log.warning("--tensorboard needs the 'tensorboard' package; logging to log.csv only")
+    bar = _progress_bar(not args.no_progress, config.steps, trainer.step)
+
+    def on_step(step: int, losses: dict[str, float]) -> None:
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(l1=f"{losses['g_l1_face']:.3f}", gan=f"{losses['g_gan']:.3f}", d=f"{losses['d_patch']:.3f}")
+        if writer is not None:
+            for key, value in losses.items():
+                writer.add_scalar(key, value, step)
+
+    try:
+        # --steps 0 with --resume: nothing to train, export only.
+        last = trainer.train(steps=trainer.step if args.steps == 0 else None, on_step=on_step)
+    finally:
+        if bar is not None:
+            bar.close()
+        if writer is not None:
+            writer.close()
+    if trainer.step and not (run_dir / "checkpoints" / "latest.json").is_file():
+        trainer.save_checkpoint()
+    if args.export:
+        meta = {"description": args.description, "command": " ".join(sys.argv)}
+        out = trainer.export(args.export, meta)
+        print(f"exported generator bundle to {out}")
+    if last:
+        print("final losses: " + ", ".join(f"{k} {v:.4f}" for k, v in last.items()))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry point: ``python -m sdgan_stream.training_cli {prepare-data,train} ...``."""
+    from .errors import SdganStreamError
+
+    parser = argparse.ArgumentParser(prog="sdgan-stream")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_prepare_data_parser(sub)
+    add_train_parser(sub)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.handler(args))
+    except SdganStreamError as error:
+        print(f"sdgan-stream: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""Training module: augmentation, sampling, losses, trainer (tiny synthetic faces at 32 px, CPU)."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+import torch
+
+from sdgan_stream.models import GeneratorConfig, identity_code, load_generator_bundle
+from sdgan_stream.semantic import colorize, mean_face_landmarks, rasterize_semantic_map
+from train.dataset import IdentikitSampler, IdentitySampler, batch_to_tensors
+from train.identikit import FaceSource, compose_identikit, recipe_dims, recipe_from_code
+from train.losses import contrastive_loss, lsgan_loss, masked_l1
+from train.shards import FaceSet, ShardWriter, load_faceset
+from train.trainer import TrainConfig, Trainer, export_run
+from train.warp import mirror_face, piecewise_affine_maps, random_deformation, warp_image
+
+SIZE = 32
+TINY_G = GeneratorConfig(image_size=SIZE, identity_dim=16, ngf=4, spade_hidden=8, style_dim=16)
+
+
+def _tiny_faceset(identities: int = 3, per_identity: int = 1) -> FaceSet:
+    rng = np.random.default_rng(0)
+    base = mean_face_landmarks(SIZE)
+    crops, labels, landmarks, ids = [], [], [], []
+    for i in range(identities):
+        for _ in range(per_identity):
+            lm = base + rng.normal(0, 0.3, base.shape)
+            lab = rasterize_semantic_map(lm, SIZE)
+            tint = rng.uniform(0.5, 1.0, 3)
+            image = (colorize(lab) * 0.6 + 80 * tint + rng.normal(0, 8, (SIZE, SIZE, 3))).clip(0, 255).astype(np.uint8)
+            crops.append(image)
+            labels.append(lab)
+            landmarks.append(lm)
+            ids.append(i)
+    return FaceSet(
+        crops=np.stack(crops), labels=np.stack(labels), landmarks=np.stack(landmarks), identity=np.asarray(ids),
+        identities=tuple(f"p{i}" for i in range(identities)), size=SIZE,
+    )
+
+
+def _config(**overrides) -> TrainConfig:
+    base = dict(
+        steps=4, batch=2, ndf=4, encoder_width=4, encoder_dim=8, log_every=1, sample_every=0, checkpoint_every=0,
+        generator=TINY_G,
+    )
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+# ----------------------------------------------------------------------------- geometry and identikit
+
+
+def test_mirror_twice_is_identity():
+    faces = _tiny_faceset(1)
+    image, lm = faces.crops[0], faces.landmarks[0]
+    img2, lm2 = mirror_face(*mirror_face(image, lm))
+    assert np.array_equal(img2, image) and np.allclose(lm2, lm)
+    _, mirrored = mirror_face(image, lm)
+    assert mirrored[36, 0] < mirrored[45, 0]  # image-left eye stays on the left after re-indexing
+
+
+def test_piecewise_affine_identity_and_deformation():
+    faces = _tiny_faceset(1)
+    lm = faces.landmarks[0]
+    mx, my = piecewise_affine_maps(lm, lm, SIZE)
+    ys, xs = np.mgrid[0:SIZE, 0:SIZE]
+    assert np.allclose(mx, xs, atol=1e-3) and np.allclose(my, ys, atol=1e-3)
+    rng = np.random.default_rng(0)
+    new = random_deformation(lm, rng, size=SIZE)
+    assert new.shape == (68, 2) and np.isfinite(new).all()
+    assert warp_image(faces.crops[0], lm, new).shape == (SIZE, SIZE, 3)
+
+
+def test_recipe_is_a_function_of_the_code():
+    code = identity_code(3, 32)
+    assert recipe_from_code(code, 4) == recipe_from_code(code.copy(), 4)
+    skins = {recipe_from_code(identity_code(s, 32), 4).skin for s in range(60)}
+    assert skins == {0, 1, 2, 3}
+    with pytest.raises(ValueError):
+        recipe_from_code(np.ones(recipe_dims() - 1), 2)
+
+
+def test_identikit_composite_changes_only_the_face():
+    faces = _tiny_faceset(2)
+    sources = [FaceSource(f"p{i}", faces.crops[i], faces.landmarks[i], i) for i in range(2)]
+    lm = faces.landmarks[0]
+    recipe = recipe_from_code(identity_code(5, 16), 2)
+    out = compose_identikit(sources, recipe, lm, faces.crops[0])
+    labels = rasterize_semantic_map(lm, SIZE)
+    outside = labels == 0
+    far = np.ones_like(outside)
+    far[4:-4, 4:-4] = outside[4:-4, 4:-4]
+    assert out.shape == (SIZE, SIZE, 3) and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - faces.crops[0].astype(int))[outside & far].mean() < 3
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def test_samplers_are_deterministic_and_well_formed():
+    faces = _tiny_faceset(3, per_identity=2)
+    for sampler in (
+        IdentikitSampler(faces, code_dim=16, seed=1),
+        IdentitySampler(faces, code_dim=16, seed=1),
+    ):
+        a, b = sampler.batch(5, 3), sampler.batch(5, 3)
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+        assert not np.array_equal(a["target"], sampler.batch(6, 3)["target"])
+        t = batch_to_tensors(a)
+        assert t["masked"].shape == (3, 3, SIZE, SIZE) and t["semantic"].shape == (3, 11, SIZE, SIZE)
+        hole = t["region"].bool().expand_as(t["masked"])
+        assert float(t["masked"][hole].abs().max()) == 0.0  # blanked region is exactly 0
+        assert torch.allclose(t["code"].norm(dim=1), torch.ones(3), atol=1e-5)
+
+
+def test_shards_roundtrip(tmp_path):
+    faces = _tiny_faceset(2)
+    writer = ShardWriter(tmp_path, size=SIZE, shard_size=1)
+    for i in range(len(faces)):
+        writer.add(faces.crops[i], faces.labels[i], faces.landmarks[i], faces.identities[faces.identity[i]])
+    manifest = writer.close()
+    assert manifest["count"] == 2 and len(manifest["shards"]) == 2
+    loaded = load_faceset(tmp_path)
+    assert np.array_equal(loaded.crops, faces.crops) and loaded.identities == faces.identities
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def test_losses_basic_values():
+    x = torch.zeros(2, 3, 4, 4)
+    assert float(masked_l1(x, x + 1, torch.ones(2, 1, 4, 4))) == pytest.approx(1.0)
+    assert float(masked_l1(x, x + 1, torch.zeros(2, 1, 4, 4))) == 0.0
+    assert float(lsgan_loss(torch.ones(3, 1), True)) == 0.0
+    a = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    assert float(contrastive_loss(a, a, torch.ones(4), 1.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(contrastive_loss(a, a, torch.zeros(4), 1.0)) == pytest.approx(1.0, abs=1e-5)
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+def test_a_few_steps_lower_the_loss(tmp_path):
+    faces = _tiny_faceset(3)
+    trainer = Trainer(data_dir=tmp_path, run_dir=tmp_path / "run", config=_config(batch=4, lr_g=1e-3), faces=faces)
+    batch = trainer.batch(0)
+    first = trainer.train_step(batch)
+    for _ in range(12):
+        last = trainer.train_step(batch)
+    assert last["g_l1_face"] + last["g_l1_context"] < first["g_l1_face"] + first["g_l1_context"]
+
+
+def test_overfit_one_batch_reaches_low_l1(tmp_path):
+    faces = _tiny_faceset(2)
+    config = _config(batch=2, lr_g=2e-3, lambda_gan=0.0, lambda_quality=0.0, lambda_fm=0.0, lambda_identity=0.0,
+                     generator=GeneratorConfig(image_size=SIZE, identity_dim=16, ngf=8, spade_hidden=8, style_dim=16))
+    trainer = Trainer(data_dir=tmp_path, run_dir=tmp_path / "run", config=config, faces=faces)
+    batch = trainer.batch(0)
+    for _ in range(150):
+        losses = trainer.train_step(batch)
+    assert losses["g_l1_face"] < 0.08, losses
+
+
+def test_save_resume_is_exact(tmp_path):
+    faces = _tiny_faceset(3)
+    straight = Trainer(data_dir=tmp_path, run_dir=tmp_path / "a", config=_config(steps=4), faces=faces)
+    straight.train()
+    first = Trainer(data_dir=tmp_path, run_dir=tmp_path / "b", config=_config(steps=4), faces=faces)
+    first.train(steps=2)
+    first.save_checkpoint()
+    resumed = Trainer(data_dir=tmp_path, run_dir=tmp_path / "b", config=_config(steps=4), faces=faces)
+    assert resumed.load_checkpoint() == 2
+    resumed.train()
+    for (name, a), (_, b) in zip(straight.generator.state_dict().items(), resumed.generator.state_dict().items()):
+        assert torch.equal(a, b), name
+    for a, b in zip(straight.discriminator.parameters(), resumed.discriminator.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_export_load_parity_and_samples(tmp_path):
+    faces = _tiny_faceset(2)
+    trainer = Trainer(data_dir=tmp_path, run_dir=tmp_path / "run",
+                      config=_config(steps=2, sample_every=2, checkpoint_every=2), faces=faces)
+    trainer.train()
+    assert (tmp_path / "run" / "samples" / "step_0000002.png").is_file()
+    assert (tmp_path / "run" / "log.csv").read_text().count("\n") == 3
+    assert (tmp_path / "run" / "loss_curve.png").is_file()
+    bundle = trainer.export(tmp_path / "bundle", {"description": "test"})
+    generator, config, meta = load_generator_bundle(bundle)
+    assert config == TINY_G and meta["steps"] == 2
+    b = trainer.batch(0)
+    trainer.generator.eval()
+    with torch.no_grad():
+        ref = trainer.generator(b["masked"], b["semantic"], b["code"])
+        out = generator(b["masked"], b["semantic"], b["code"])
+        same = generator(b["masked"], b["semantic"], b["code"])
+    assert float((ref - out).abs().max()) < 2e-2
+    assert torch.equal(out, same)
+    again = export_run(tmp_path / "run", tmp_path / "bundle2")
+    assert load_generator_bundle(again)[1] == TINY_G
+
+
+def test_cli_parsers():
+    from sdgan_stream.training_cli import add_prepare_data_parser, add_train_parser
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    add_prepare_data_parser(sub)
+    add_train_parser(sub)
+    args = parser.parse_args(["prepare-data", "imgs", "out"])
+    assert (args.images_dir, args.out_dir) == ("imgs", "out") and callable(args.func)
+    args = parser.parse_args(["prepare-data", "--sample-photos", "out"])
+    assert args.images_dir is None and args.out_dir == "out" and args.sample_photos
+    args = parser.parse_args(["train", "--data", "d", "--out", "r", "--steps", "5", "--batch", "2", "--amp", "--resume"])
+    assert (args.steps, args.batch, args.amp, args.resume) == (5, 2, True, True)
+
+
+def test_train_cli_end_to_end(tmp_path):
+    from sdgan_stream.training_cli import main
+
+    faces = _tiny_faceset(2)
+    writer = ShardWriter(tmp_path / "data", size=SIZE)
+    for i in range(len(faces)):
+        writer.add(faces.crops[i], faces.labels[i], faces.landmarks[i], faces.identities[faces.identity[i]])
+    writer.close()
+    common = ["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--batch", "2", "--ngf", "4",
+              "--spade-hidden", "8", "--identity-dim", "16", "--ndf", "4", "--encoder-width", "4", "--no-progress",
+              "--threads", "1", "--sample-every", "0"]
+    assert main(common + ["--steps", "2"]) == 0
+    assert main(common + ["--steps", "3", "--resume", "--export", str(tmp_path / "bundle")]) == 0
+    _, config, meta = load_generator_bundle(tmp_path / "bundle")
+    assert meta["steps"] == 3 and config.ngf == 4

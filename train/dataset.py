@@ -1,0 +1,280 @@
+"""Training batches from a prepared :class:`~train.shards.FaceSet`.
+
+Two ways to turn faces into (input, target identity, target image) examples, one batch format:
+
+* :class:`IdentikitSampler` (tiny data sets, e.g. the offline sample photos): every example is a new
+  geometry (landmark warp of a photo), the photo's own surroundings, and a target face composited
+  from regions of all photos by the recipe of a freshly drawn identity code. Every example is paired.
+* :class:`IdentitySampler` (real data sets with identity labels, CelebA/FFHQ-style): half the examples
+  reconstruct the source with its own identity's code (paired), the other half ask for another
+  identity's code (no pixel target: adversarial, identity and context losses only), as in SDGAN.
+
+Both are deterministic in ``(seed, step)``: batch ``k`` is drawn from ``default_rng([seed, k])``, so a
+resumed run sees exactly the batches the uninterrupted run would have seen.
+
+A batch is a dict of numpy arrays (N = batch size, S = crop size):
+
+=================  ==================  ==================================================================
+``target``         (N, S, S, 3) uint8  the image the generator should produce (the source when unpaired)
+``labels``         (N, S, S) uint8     semantic map of target/source geometry
+``region``         (N, S, S) float32   the region the generator replaces
+``source``         (N, S, S, 3) uint8  the original person on this geometry (identity to move away from)
+``positive``       (N, S, S, 3) uint8  another picture of the target identity (identity to move toward)
+``positive_labels``(N, S, S) uint8
+``code``           (N, Z) float32      target identity code (unit vector)
+``paired``         (N,) float32        1 when ``target`` is the wanted output
+``same_source``    (N,) float32        1 when the target identity is the source's own
+=================  ==================  ==================================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import cv2
+import numpy as np
+import torch
+
+from sdgan_stream.faceprep import region_mask_from_labels
+from sdgan_stream.models.identity import identity_code
+from sdgan_stream.semantic import CLASS_NAMES, class_id, rasterize_semantic_map
+
+from .identikit import FaceSource, compose_identikit, recipe_dims, recipe_from_code
+from .shards import FaceSet
+from .warp import DeformConfig, mirror_face, random_deformation, warp_image
+
+__all__ = ["AugmentConfig", "IdentikitSampler", "IdentitySampler", "Sampler", "batch_to_tensors", "make_sampler"]
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Scene-level augmentation (independent of identity)."""
+
+    deform: DeformConfig = DeformConfig()
+    flip: bool = True
+    context_hue: float = 12.0  # degrees (OpenCV hue units are 2 degrees); context only, breaks context->face links
+    context_prob: float = 0.5
+    brightness: float = 0.15
+    contrast: float = 0.15
+    saturation: float = 0.2
+    degrade_prob: float = 0.25  # downscale-upscale of the whole crop (video faces are often soft)
+
+
+class Sampler(Protocol):
+    code_dim: int
+
+    def batch(self, step: int, size: int) -> dict[str, np.ndarray]: ...
+
+
+def _colour_jitter(images: list[np.ndarray], rng: np.random.Generator, cfg: AugmentConfig) -> list[np.ndarray]:
+    """The same brightness/contrast/saturation change on several images of one scene."""
+    b = 1 + rng.uniform(-cfg.brightness, cfg.brightness)
+    c = 1 + rng.uniform(-cfg.contrast, cfg.contrast)
+    s = 1 + rng.uniform(-cfg.saturation, cfg.saturation)
+    out = []
+    for image in images:
+        x = image.astype(np.float32)
+        grey = x.mean(axis=2, keepdims=True)
+        x = grey + (x - grey) * s
+        x = (x - 128) * c + 128
+        out.append(np.clip(x * b + 0.5, 0, 255).astype(np.uint8))
+    return out
+
+
+def _shift_hue(image: np.ndarray, degrees: float) -> np.ndarray:
+    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+    hsv[..., 0] = ((hsv[..., 0].astype(np.int32) + int(round(degrees / 2))) % 180).astype(np.uint8)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+
+def _degrade(images: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    size = images[0].shape[0]
+    small = max(16, int(size / rng.uniform(1.3, 2.5)))
+    return [
+        cv2.resize(cv2.resize(im, (small, small), interpolation=cv2.INTER_AREA), (size, size), interpolation=cv2.INTER_LINEAR)
+        for im in images
+    ]
+
+
+def _face_sources(faces: FaceSet, flip: bool) -> list[FaceSource]:
+    sources = [
+        FaceSource(faces.identities[faces.identity[i]], faces.crops[i], faces.landmarks[i], int(faces.identity[i]))
+        for i in range(len(faces))
+    ]
+    if flip:
+        sources += [FaceSource(s.name + "~mirror", *mirror_face(s.crop, s.landmarks), s.identity) for s in sources]
+    return sources
+
+
+class IdentikitSampler:
+    """Paired examples whose target identities are identikit composites (see module docstring)."""
+
+    def __init__(self, faces: FaceSet, *, code_dim: int, augment: AugmentConfig = AugmentConfig(), seed: int = 0) -> None:
+        if code_dim < recipe_dims():
+            raise ValueError(f"the identikit needs identity codes of at least {recipe_dims()} dimensions")
+        self.faces = faces
+        self.code_dim = code_dim
+        self.augment = augment
+        self.seed = seed
+        self.sources = _face_sources(faces, augment.flip)
+        self.shapes = [s.landmarks for s in self.sources]
+        self.size = faces.size
+
+    def _geometry(self, rng: np.random.Generator) -> tuple[FaceSource, np.ndarray, np.ndarray]:
+        base = self.sources[int(rng.integers(len(self.sources)))]
+        landmarks = random_deformation(base.landmarks, rng, size=self.size, other_shapes=self.shapes, config=self.augment.deform)
+        context = warp_image(base.crop, base.landmarks, landmarks)
+        if rng.random() < self.augment.context_prob:
+            context = _shift_hue(context, rng.uniform(-self.augment.context_hue, self.augment.context_hue))
+        return base, landmarks, context
+
+    def example(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        code = identity_code(int(rng.integers(1 << 62)), self.code_dim)
+        recipe = recipe_from_code(code, len(self.sources))
+        _, landmarks, context = self._geometry(rng)
+        labels = rasterize_semantic_map(landmarks, self.size)
+        target = compose_identikit(self.sources, recipe, landmarks, context, labels=labels)
+        source = context  # the photo's own person, warped onto this geometry
+        _, pos_landmarks, pos_context = self._geometry(rng)
+        pos_labels = rasterize_semantic_map(pos_landmarks, self.size)
+        positive = compose_identikit(self.sources, recipe, pos_landmarks, pos_context, labels=pos_labels)
+        target, source = _colour_jitter([target, source], rng, self.augment)
+        (positive,) = _colour_jitter([positive], rng, self.augment)
+        if rng.random() < self.augment.degrade_prob:
+            target, source = _degrade([target, source], rng)
+        return {
+            "target": target,
+            "labels": labels,
+            "region": region_mask_from_labels(labels, landmarks),
+            "source": source,
+            "positive": positive,
+            "positive_labels": pos_labels,
+            "code": code,
+            "paired": np.float32(1.0),
+            "same_source": np.float32(0.0),
+        }
+
+    def batch(self, step: int, size: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng([self.seed, step, 1])
+        return _stack([self.example(rng) for _ in range(size)])
+
+
+class IdentitySampler:
+    """SDGAN's setting on a labelled data set: reconstruct with the own code, or swap to another identity's."""
+
+    def __init__(
+        self,
+        faces: FaceSet,
+        *,
+        code_dim: int,
+        augment: AugmentConfig = AugmentConfig(),
+        seed: int = 0,
+        paired_fraction: float = 0.5,
+    ) -> None:
+        self.faces = faces
+        self.code_dim = code_dim
+        self.augment = augment
+        self.seed = seed
+        self.paired_fraction = paired_fraction
+        self.size = faces.size
+        self.by_identity = [np.nonzero(faces.identity == i)[0] for i in range(faces.num_identities)]
+        self.codes = np.stack([identity_code(1_000_003 + i, code_dim) for i in range(faces.num_identities)])
+
+    def _view(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        crop, landmarks = self.faces.crops[index], self.faces.landmarks[index]
+        if self.augment.flip and rng.random() < 0.5:
+            crop, landmarks = mirror_face(crop, landmarks)
+        # Real data: milder warps (their variety is real), no shape mixing.
+        new = random_deformation(landmarks, rng, size=self.size, config=_MILD)
+        return warp_image(crop, landmarks, new), new, rasterize_semantic_map(new, self.size)
+
+    def example(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        index = int(rng.integers(len(self.faces)))
+        src_id = int(self.faces.identity[index])
+        image, landmarks, labels = self._view(index, rng)
+        paired = rng.random() < self.paired_fraction or self.faces.num_identities < 2
+        if paired:
+            tgt_id = src_id
+        else:
+            tgt_id = int(rng.integers(self.faces.num_identities - 1))
+            tgt_id += tgt_id >= src_id
+        members = self.by_identity[tgt_id]
+        pos_index = int(members[rng.integers(len(members))])
+        positive, _, pos_labels = self._view(pos_index, rng)
+        (image,) = _colour_jitter([image], rng, self.augment)
+        (positive,) = _colour_jitter([positive], rng, self.augment)
+        return {
+            "target": image,
+            "labels": labels,
+            "region": region_mask_from_labels(labels, landmarks),
+            "source": image,
+            "positive": positive,
+            "positive_labels": pos_labels,
+            "code": self.codes[tgt_id],
+            "paired": np.float32(1.0 if paired else 0.0),
+            "same_source": np.float32(1.0 if paired else 0.0),
+        }
+
+    def batch(self, step: int, size: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng([self.seed, step, 2])
+        return _stack([self.example(rng) for _ in range(size)])
+
+
+_MILD = DeformConfig(
+    shape_mix=(0.0, 0.0), jaw_width=(0.96, 1.04), chin_drop=(-0.03, 0.03), mouth_open_prob=0.0,
+    smile=(-0.02, 0.03), mouth_width=(0.96, 1.04), eye_open=(0.85, 1.15), brow_raise=(-0.02, 0.03),
+    nose_length=(0.97, 1.03), yaw_shift=(-0.03, 0.03), rotation_deg=(-4.0, 4.0), scale=(0.97, 1.03),
+    shift=(-0.015, 0.015),
+)
+
+
+def _stack(examples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
+
+
+def make_sampler(
+    faces: FaceSet, *, mode: str, code_dim: int, seed: int, augment: AugmentConfig = AugmentConfig()
+) -> Sampler:
+    """``mode``: ``identikit``, ``identity``, or ``auto`` (identikit below 20 identities)."""
+    if mode == "auto":
+        mode = "identikit" if faces.num_identities < 20 else "identity"
+    if mode == "identikit":
+        return IdentikitSampler(faces, code_dim=code_dim, augment=augment, seed=seed)
+    if mode == "identity":
+        return IdentitySampler(faces, code_dim=code_dim, augment=augment, seed=seed)
+    raise ValueError(f"unknown sampling mode {mode!r}; use identikit, identity or auto")
+
+
+def _to_unit(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def _one_hot(labels: np.ndarray, device: torch.device) -> torch.Tensor:
+    t = torch.from_numpy(labels.astype(np.int64)).to(device)
+    return torch.nn.functional.one_hot(t, len(CLASS_NAMES)).permute(0, 3, 1, 2).float()
+
+
+def _face_mask(labels: np.ndarray, device: torch.device) -> torch.Tensor:
+    face = (labels != class_id("background")) & (labels != class_id("hair"))
+    return torch.from_numpy(face.astype(np.float32)).to(device)[:, None]
+
+
+def batch_to_tensors(batch: dict[str, np.ndarray], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Numpy batch -> the generator's tensor convention (see :mod:`sdgan_stream.models.generator`)."""
+    device = torch.device(device)
+    target = _to_unit(batch["target"], device)
+    region = torch.from_numpy(batch["region"]).to(device)[:, None]
+    return {
+        "target": target,
+        "masked": target * (1 - region),
+        "semantic": _one_hot(batch["labels"], device),
+        "region": region,
+        "face": _face_mask(batch["labels"], device),
+        "source": _to_unit(batch["source"], device),
+        "positive": _to_unit(batch["positive"], device),
+        "positive_face": _face_mask(batch["positive_labels"], device),
+        "code": torch.from_numpy(batch["code"]).to(device).float(),
+        "paired": torch.from_numpy(batch["paired"]).to(device).float(),
+        "same_source": torch.from_numpy(batch["same_source"]).to(device).float(),
+    }
