@@ -1,7 +1,9 @@
 """Generator throughput and parity of every backend usable on this machine, at batch 1, 4 and 16.
 
 For each backend (eager as the backend runs it, i.e. channels_last; eager with plain NCHW tensors as a
-second baseline; torch.compile; ONNX Runtime; TensorRT where present) and each batch size: the
+second baseline; torch.compile; ONNX Runtime as it runs by default, faces split over the cores, and
+with intra-op threads instead; TensorRT where present), at 1 thread and at all physical cores
+(``name@threads``), and for each batch size: the
 milliseconds per generator call (median and best of interleaved rounds, so every backend sees the same
 background load on a shared machine), faces per second, the speed-up over the faster eager variant,
 and the parity error against eager FP32 (relative L2 error ``||y - y_ref|| / ||y_ref||`` and max abs
@@ -149,13 +151,18 @@ def main(argv: list[str] | None = None) -> int:
         variants = [(name, {})]
         if name == "eager":
             variants.append(("eager_nchw", {"channels_last": False}))
+        if name == "onnxruntime" and max(thread_counts) > 1:
+            variants.append(("onnxruntime_intra", {"parallel": "intra"}))  # intra-op threads instead of batch split
         for label, options in variants:
             shared = None
             for count in thread_counts:
                 torch.set_num_threads(count)
                 started = time.perf_counter()
                 if name == "onnxruntime":  # ORT threads are per session
-                    backend = create_backend(name, generator, config, device=args.device, max_batch=max_batch, threads=count)
+                    if label == "onnxruntime_intra" and count == 1:
+                        continue  # one thread: the same as onnxruntime@1
+                    backend = create_backend(name, generator, config, device=args.device, max_batch=max_batch,
+                                             threads=count, **options)
                 else:  # torch threads are per process: one backend object, run under each thread count
                     backend = shared or create_backend(name, generator, config, device=args.device, max_batch=max_batch, **options)
                     shared = backend
@@ -251,9 +258,9 @@ def main(argv: list[str] | None = None) -> int:
                     }
             report["results"][str(batch)] = entry
             print(f"\nbatch {batch} (noise floor rel_l2 {entry['noise_floor_eager_fp32_vs_fp64']['rel_l2']:.1e})", flush=True)
-            print(f"  {'backend':15s} {'ms median':>10s} {'ms best':>9s} {'faces/s':>8s} {'x eager':>8s} {'rel_l2':>9s}  ok")
+            print(f"  {'backend':19s} {'ms median':>10s} {'ms best':>9s} {'faces/s':>8s} {'x eager':>8s} {'rel_l2':>9s}  ok")
             for name, row in entry["backends"].items():
-                print(f"  {name:15s} {row['ms_per_batch_median']:10.1f} {row['ms_per_batch_min']:9.1f} "
+                print(f"  {name:19s} {row['ms_per_batch_median']:10.1f} {row['ms_per_batch_min']:9.1f} "
                       f"{row['faces_per_s_median']:8.1f} {row.get('speedup_vs_best_eager_median', float('nan')):8.2f} "
                       f"{row['parity']['rel_l2']:9.1e}  {row['parity']['ok']}", flush=True)
     if any("summary" in e for e in report["results"].values()):

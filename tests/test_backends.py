@@ -166,6 +166,18 @@ def test_cpu_backend_matches_eager_fp32(name: str, tiny, reference, cache) -> No
     assert empty.shape == (0, 3, config.image_size, config.image_size)
 
 
+def test_onnxruntime_splits_a_batch_across_cores_with_the_same_result(tiny, reference, cache) -> None:
+    generator, config = tiny
+    inputs, expected = reference
+    split = create_backend("onnxruntime", generator, config, device="cpu", threads=2, cache=cache)
+    intra = create_backend("onnxruntime", generator, config, device="cpu", threads=2, parallel="intra", cache=cache)
+    assert (split.parallel, intra.parallel) == ("batch", "intra")
+    out = split.generate(*inputs)  # 3 faces: slices of 2 and 1 run side by side
+    np.testing.assert_allclose(out, intra.generate(*inputs), atol=1e-6)
+    assert rel_l2(out, expected) <= FP32_TOL
+    split.close()
+
+
 def test_backend_leaves_the_callers_generator_alone(tiny) -> None:
     generator, config = tiny
     before = {k: v.clone() for k, v in generator.state_dict().items()}

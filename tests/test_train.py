@@ -219,7 +219,7 @@ def test_cli_parsers():
     add_prepare_data_parser(sub)
     add_train_parser(sub)
     args = parser.parse_args(["prepare-data", "imgs", "out"])
-    assert (args.images_dir, args.out_dir) == ("imgs", "out") and callable(args.func)
+    assert (args.images_dir, args.out_dir) == ("imgs", "out") and callable(args.handler)
     args = parser.parse_args(["prepare-data", "--sample-photos", "out"])
     assert args.images_dir is None and args.out_dir == "out" and args.sample_photos
     args = parser.parse_args(["train", "--data", "d", "--out", "r", "--steps", "5", "--batch", "2", "--amp", "--resume"])

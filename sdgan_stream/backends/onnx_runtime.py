@@ -7,7 +7,9 @@ no face crosses to the host.
 
 Session settings: graph optimization level ALL, ``intra_op`` threads = physical cores, one inter-op
 thread, and spin-waiting off by default (the generator shares the cores with the detector, the
-decoder and the encoder threads; spinning threads would take their time). The provider is chosen
+decoder and the encoder threads; spinning threads would take their time). On CPU, a batch of several
+faces is split across the cores instead (``parallel='batch'``): one single-threaded run per slice,
+side by side, which scales far better than intra-op threads at 2-8 faces. The provider is chosen
 explicitly (onnxruntime would otherwise list e.g. Azure first) and logged.
 """
 
@@ -70,6 +72,7 @@ class OnnxRuntimeBackend:
         device: str = "cpu",
         max_batch: int = 16,
         threads: int | None = None,
+        parallel: str = "auto",
         spinning: bool = False,
         model_path: str | Path | None = None,
         cache: Any = None,
@@ -91,18 +94,36 @@ class OnnxRuntimeBackend:
         path = Path(model_path) if model_path is not None else cached_onnx_model(generator, config, cache=cache, digest=weights_digest)
         self.model_path = path
 
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         self.threads = threads or physical_cores()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        if parallel not in ("auto", "batch", "intra"):
+            raise ValueError(f"parallel must be auto, batch or intra, got {parallel!r}")
+        if parallel == "auto":
+            parallel = "batch" if self.device == "cpu" and self.threads > 1 else "intra"
+        self.parallel = parallel
+
+        def session_options(intra_threads: int) -> ort.SessionOptions:
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            options.intra_op_num_threads = intra_threads
+            options.inter_op_num_threads = 1
+            options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+            return options
+
         if self.device == "cuda":
             providers: list[Any] = [(_CUDA_EP, {"device_id": _device_index(device)}), _CPU_EP]
         else:
             providers = [_CPU_EP]
-        self._session = ort.InferenceSession(str(path), options, providers=providers)
+        # The main session's intra-op threads serve single faces; with parallel='batch' a second,
+        # single-threaded session runs slices of a multi-face batch side by side (ORT releases the GIL).
+        self._session = ort.InferenceSession(str(path), session_options(self.threads), providers=providers)
+        self._single = None
+        self._pool = None
+        if self.parallel == "batch":
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._single = ort.InferenceSession(str(path), session_options(1), providers=providers)
+            self._pool = ThreadPoolExecutor(max_workers=self.threads - 1, thread_name_prefix="sdgan-ort")
         wanted = _CUDA_EP if self.device == "cuda" else _CPU_EP
         got = self._session.get_providers()[0]
         if got != wanted:  # onnxruntime falls back to CPU silently when e.g. cuDNN is missing
@@ -110,10 +131,10 @@ class OnnxRuntimeBackend:
         self.provider = got
         # On the GPU, cuDNN tunes per input shape: a few bucket shapes keep that to a few tunings.
         self.pad_to_buckets = self.device == "cuda"
-        log.info(
-            "onnxruntime %s generator on %s (%d intra-op threads, graph optimization ALL), ready in %.1f s",
-            ort.__version__, got, self.threads, time.perf_counter() - started,
-        )
+        how = (f"faces split over {self.threads} single-threaded runs" if self.parallel == "batch"
+               else f"{self.threads} intra-op threads")
+        log.info("onnxruntime %s generator on %s (%s, graph optimization ALL), ready in %.1f s",
+                 ort.__version__, got, how, time.perf_counter() - started)
 
     def __repr__(self) -> str:
         return f"<OnnxRuntimeBackend on {self.provider} (fp32, max batch {self.max_batch})>"
@@ -130,9 +151,27 @@ class OnnxRuntimeBackend:
             size = bucket_for(stop - start, self.buckets) if self.pad_to_buckets else stop - start
             if size != stop - start:
                 chunk = [np.concatenate([a, np.repeat(a[-1:], size - len(a), axis=0)]) for a in chunk]
-            out = self._session.run([self._output], dict(zip(self._inputs, chunk)))[0]
-            parts.append(out[: stop - start])
+            parts.append(self._run(chunk)[: stop - start])
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _run(self, chunk: list[np.ndarray]) -> np.ndarray:
+        n = len(chunk[0])
+        if self._pool is None or self._single is None or n < 2:
+            return self._session.run([self._output], dict(zip(self._inputs, chunk)))[0]
+        # Data parallel over faces: each slice runs single-threaded with no per-operator thread barrier,
+        # which scaled ~2x on two cores where intra-op threading gave ~1.3x at batch 4.
+        bounds = np.linspace(0, n, min(self.threads, n) + 1).round().astype(int)
+        slices = [[a[lo:hi] for a in chunk] for lo, hi in zip(bounds[:-1], bounds[1:])]
+        single = self._single
+        futures = [self._pool.submit(single.run, [self._output], dict(zip(self._inputs, part))) for part in slices[1:]]
+        first = single.run([self._output], dict(zip(self._inputs, slices[0])))[0]
+        return np.concatenate([first, *(f.result()[0] for f in futures)])
+
+    def close(self) -> None:
+        """Stop the worker threads (they also end with the process)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
 
     # -- tensor path ------------------------------------------------------------------------------
     def generate_tensors(self, masked: torch.Tensor, semantic: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
