@@ -6,13 +6,14 @@ import argparse
 import logging
 import signal
 import sys
-from dataclasses import fields, replace
 from pathlib import Path
 
 from . import __version__
 from .bench import add_bench_parser
 from .build_engine import add_build_engine_parser
-from .config import METHODS, AnonymizeOptions, load_options_file, parse_size
+from .cli_options import DEFAULTS as _DEFAULTS
+from .cli_options import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, HelpFormatter, add_job_options, options_from_args
+from .config import AnonymizeOptions
 from .errors import SdganStreamError
 from .evaluate import add_evaluate_parser
 from .live import add_live_parser, add_rtsp_parser
@@ -20,56 +21,11 @@ from .training_cli import add_prepare_data_parser, add_train_parser
 
 log = logging.getLogger("sdgan_stream")
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-_DEFAULTS = AnonymizeOptions()
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows defaults; job options state theirs in their help text (their argparse default is SUPPRESS)."""
-
-
-def _size_arg(text: str) -> tuple[int, int] | None:
-    try:
-        return parse_size(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def add_job_options(parser: argparse.ArgumentParser) -> None:
-    """Options shared by every command that anonymizes video (anonymize, demo, live, rtsp, bench).
-
-    They default to "not given" (SUPPRESS) so that a config file's values are only overridden by
-    flags the user actually typed.
-    """
-    unset = argparse.SUPPRESS
-    d = _DEFAULTS
-    parser.add_argument("--method", choices=METHODS, default=unset, help=f"how faces are replaced (default: {d.method})")
-    parser.add_argument("--thresh", type=float, default=unset, dest="threshold", help=f"detection score from which a face is covered (default: {d.threshold})")
-    parser.add_argument("--detect-size", type=_size_arg, default=unset, metavar="WxH", help="detector input size budget, aspect kept; 'full' = frame size (default: 960x960)")
-    parser.add_argument("--fallback", choices=("solid", "pixelate", "blur"), default=unset, help=f"cover for faces the generator cannot serve (default: {d.fallback})")
-    parser.add_argument("--margin", type=float, default=unset, dest="cover_margin", help=f"cover margin as a fraction of the face size (default: {d.cover_margin})")
-    parser.add_argument("--no-track", action="store_false", dest="track", default=unset, help="cover raw detections only, no tracking (faces can leak on missed frames)")
-    parser.add_argument("--weights", default=unset, help="generator bundle (.safetensors) for --method sdgan (default: the starter weights in the package)")
-    parser.add_argument("--backend", default=unset, help=f"generator backend: auto, eager, compile, onnxruntime, tensorrt (default: {d.backend})")
-    parser.add_argument("--device", default=unset, help=f"auto, cpu or cuda (default: {d.device})")
-    parser.add_argument("--seed", type=int, default=unset, help="fix the generated identities (default: new ones each run)")
-    parser.add_argument("--config", type=Path, default=None, help="TOML file with options; flags override it")
-
-
-def options_from_args(args: argparse.Namespace) -> AnonymizeOptions:
-    """Defaults, then the --config file, then the flags the user typed."""
-    options = AnonymizeOptions()
-    if getattr(args, "config", None):
-        options = replace(options, **load_options_file(args.config))
-    given = {f.name: getattr(args, f.name) for f in fields(AnonymizeOptions) if hasattr(args, f.name)}
-    return replace(options, **given)
-
-
 def _add_anonymize(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "anonymize",
         help="anonymize a video file, or every video in a folder",
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
         description="Replace every face in a video with an anonymized one. Audio, frame timing and rotation are kept.",
     )
     parser.add_argument("input", type=Path, help="a video file or a folder of videos")
@@ -86,7 +42,7 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
         help="make a short clip of real faces (photos shipped with installed packages) and anonymize it",
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("-o", "--output", type=Path, default=Path("demo_anonymized.mp4"), help="anonymized output")
     parser.add_argument("--keep-input", type=Path, default=Path("demo_input.mp4"), help="where the generated input clip is written")
@@ -99,7 +55,7 @@ def _add_inspect(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "inspect",
         help="write each face's crop, semantic map, replaced region, composite and generated face as PNG",
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
         description="For each face: DIR/face_XX/{crop,semantic,mask,composite,generated}.png; DIR/overview.png, "
         "DIR/anonymized.png and DIR/faces.json (box, landmarks, classes in its map, fallback reason).",
     )
@@ -214,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sdgan-stream",
         description="Replace every face in a video with a generated face of a different identity.",
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-v: info from all libraries, -vv: debug)")

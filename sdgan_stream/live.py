@@ -649,12 +649,12 @@ def _positive_float(text: str) -> float:
 
 def add_rtsp_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``rtsp IN_URL OUT_URL``: read a stream, anonymize it, publish it."""
-    from .cli import _HelpFormatter, add_job_options
+    from .cli_options import HelpFormatter, add_job_options
 
     parser = subparsers.add_parser(
         "rtsp",
         help="anonymize an RTSP stream and publish it to an RTSP server",
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
         description=(
             "Read IN_URL, anonymize every face, publish to OUT_URL (an RTSP server that accepts publishers, "
             "e.g. mediamtx) at the source frame rate. When the input drops, the output stays up (last covered "
@@ -681,12 +681,12 @@ def add_rtsp_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 
 def add_live_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``live [--camera ...] [--preview] [-o OUT]``."""
-    from .cli import _HelpFormatter, _size_arg, add_job_options
+    from .cli_options import HelpFormatter, add_job_options, size_arg
 
     parser = subparsers.add_parser(
         "live",
         help="anonymize a camera with low latency: preview window and/or recording",
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
         description=(
             "Capture a camera (or any live source), anonymize every face, show it and/or record it. Only the "
             "newest frame is processed when processing falls behind (stale frames are dropped and counted). "
@@ -699,7 +699,7 @@ def add_live_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
         help="camera index (0), V4L2 device (/dev/video0), URL (rtsp://...), lavfi:GRAPH, or a video file played in real time",
     )
     parser.add_argument("--capture", choices=("auto", "pyav", "opencv"), default="auto", help="capture library for camera indexes/devices (auto: PyAV v4l2 on Linux, else OpenCV)")
-    parser.add_argument("--camera-size", type=_size_arg, default=_UNSET, metavar="WxH", help="ask the camera for this size (default: the camera's)")
+    parser.add_argument("--camera-size", type=size_arg, default=_UNSET, metavar="WxH", help="ask the camera for this size (default: the camera's)")
     parser.add_argument("--camera-fps", type=float, default=_UNSET, help="ask the camera for this frame rate (default: the camera's)")
     parser.add_argument("--preview", action="store_true", help="show a window with fps and latency (needs a display)")
     parser.add_argument("-o", "--output", type=Path, default=_UNSET, help="also record the anonymized video to this file (default: no recording)")
@@ -713,7 +713,7 @@ def add_live_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 
 
 def _run_rtsp_command(args: argparse.Namespace) -> int:
-    from .cli import EXIT_OK, options_from_args
+    from .cli_options import EXIT_OK, options_from_args
 
     install_log_redaction()
     options = options_from_args(args)
@@ -741,7 +741,7 @@ def _run_rtsp_command(args: argparse.Namespace) -> int:
 
 
 def _run_live_command(args: argparse.Namespace, *, preview: PreviewSink | None = None) -> int:
-    from .cli import EXIT_OK, options_from_args
+    from .cli_options import EXIT_OK, options_from_args
 
     install_log_redaction()
     options = options_from_args(args)
@@ -785,7 +785,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE
+    from .cli_options import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE
     from .errors import SdganStreamError
 
     args = build_parser().parse_args(argv)

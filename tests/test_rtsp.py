@@ -18,12 +18,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
 from sdgan_stream.errors import OutputError
-from sdgan_stream.io.rtsp import TIME_BASE, EncoderSettings, RtspOutput, RtspPublisher, neutral_frame, output_format_for
+from sdgan_stream.io.rtsp import TIME_BASE, EncoderSettings, RtspPublisher, neutral_frame, output_format_for
 from sdgan_stream.live import LiveComponents, LiveReport, run_rtsp_filter
 from sdgan_stream.types import VideoFrame
 

@@ -1,0 +1,57 @@
+"""Command-line pieces shared by every subcommand module: exit codes, help formatter, job options.
+
+Kept apart from ``cli.py`` so that subcommand modules (live, rtsp, bench...) import it without importing the
+command line that imports them.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields, replace
+from pathlib import Path
+
+from .config import METHODS, AnonymizeOptions, load_options_file, parse_size
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+DEFAULTS = AnonymizeOptions()
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows defaults; job options state theirs in their help text (their argparse default is SUPPRESS)."""
+
+
+def size_arg(text: str) -> tuple[int, int] | None:
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_job_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by every command that anonymizes video (anonymize, demo, live, rtsp, bench).
+
+    They default to "not given" (SUPPRESS) so that a config file's values are only overridden by
+    flags the user actually typed.
+    """
+    unset = argparse.SUPPRESS
+    d = DEFAULTS
+    parser.add_argument("--method", choices=METHODS, default=unset, help=f"how faces are replaced (default: {d.method})")
+    parser.add_argument("--thresh", type=float, default=unset, dest="threshold", help=f"detection score from which a face is covered (default: {d.threshold})")
+    parser.add_argument("--detect-size", type=size_arg, default=unset, metavar="WxH", help="detector input size budget, aspect kept; 'full' = frame size (default: 960x960)")
+    parser.add_argument("--fallback", choices=("solid", "pixelate", "blur"), default=unset, help=f"cover for faces the generator cannot serve (default: {d.fallback})")
+    parser.add_argument("--margin", type=float, default=unset, dest="cover_margin", help=f"cover margin as a fraction of the face size (default: {d.cover_margin})")
+    parser.add_argument("--no-track", action="store_false", dest="track", default=unset, help="cover raw detections only, no tracking (faces can leak on missed frames)")
+    parser.add_argument("--weights", default=unset, help="generator bundle (.safetensors) for --method sdgan (default: the starter weights in the package)")
+    parser.add_argument("--backend", default=unset, help=f"generator backend: auto, eager, compile, onnxruntime, tensorrt (default: {d.backend})")
+    parser.add_argument("--device", default=unset, help=f"auto, cpu or cuda (default: {d.device})")
+    parser.add_argument("--seed", type=int, default=unset, help="fix the generated identities (default: new ones each run)")
+    parser.add_argument("--config", type=Path, default=None, help="TOML file with options; flags override it")
+
+
+def options_from_args(args: argparse.Namespace) -> AnonymizeOptions:
+    """Defaults, then the --config file, then the flags the user typed."""
+    options = AnonymizeOptions()
+    if getattr(args, "config", None):
+        options = replace(options, **load_options_file(args.config))
+    given = {f.name: getattr(args, f.name) for f in fields(AnonymizeOptions) if hasattr(args, f.name)}
+    return replace(options, **given)
