@@ -448,7 +448,10 @@ def test_device_frame_renderer_matches_the_cpu_render_path() -> None:
         paste_back(expected, crop, p)
 
     got = image.copy()
-    composited = DeviceFrameRenderer(backend=backend, label_nc=11).render(got, prepared, identity)
+    seen = []
+    composited = DeviceFrameRenderer(backend=backend, label_nc=11).render(got, prepared, identity,
+                                                                         adjust=lambda t: seen.append(t.shape) or t)
+    assert seen == [(2, 3, 64, 64)]
     assert composited.shape == crops.shape
     changed = np.abs(expected.astype(int) - image.astype(int)).sum(2) > 0
     diff = np.abs(got.astype(int) - expected.astype(int))[changed]

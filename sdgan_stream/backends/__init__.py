@@ -1,12 +1,13 @@
 """Generator backends: one Protocol, four implementations, and ``auto`` selection that says why.
 
-=============  ======================================================================================
-``eager``      torch as written; CPU or CUDA; channels_last; FP16 autocast on CUDA. The reference.
-``compile``    ``torch.compile`` (Inductor, frozen weights), one static graph per batch bucket; CUDA
-               graphs on GPU. Compiles about a minute per bucket on a 2-core CPU.
-``onnxruntime`` ONNX export (cached by weights hash) run by ONNX Runtime; CPU, or the CUDA provider.
-``tensorrt``   Torch-TensorRT / TensorRT FP16 engine, dynamic batch 1..N, cached in ``engines/cache``.
-=============  ======================================================================================
+================  ===================================================================================
+``eager``         torch as written; CPU or CUDA; channels_last; FP16 autocast on CUDA. The reference.
+``compile``       ``torch.compile`` (Inductor, frozen weights), one static graph per batch bucket; CUDA
+                  graphs on GPU. Compiles 60-150 s per bucket on a 2-core CPU (5-20 s with a warm cache).
+``onnxruntime``   ONNX export (cached by weights hash) run by ONNX Runtime; CPU (a batch's faces split
+                  over the cores), or the CUDA provider with IOBinding.
+``tensorrt``      Torch-TensorRT / TensorRT FP16 engine, dynamic batch 1..N, cached in ``engines/cache``.
+================  ===================================================================================
 
 ``auto`` takes the first usable backend in :data:`AUTO_ORDER` for the device and logs one line naming
 its choice and why each backend before it was skipped. Asking for a backend that is not usable raises
@@ -51,9 +52,10 @@ __all__ = [
 
 BACKEND_NAMES: tuple[str, ...] = ("eager", "compile", "onnxruntime", "tensorrt")
 
-# Best first. CPU order measured with benchmarks/bench_backends.py (results/backends.json): ONNX Runtime
-# ran the starter generator several times faster than eager torch on 2 cores. torch.compile is left
-# out of CPU auto because it compiles for about a minute per batch bucket at start (ask for it by name).
+# Best first. CPU order measured with benchmarks/bench_backends.py (results/backends*.json, 2-core EPYC):
+# ONNX Runtime with the faces of a batch split over the cores ran the starter generator 1.5-2.2x faster
+# than the faster of eager torch at 1 or 2 threads, at batch 1, 4 and 16. torch.compile came close in
+# steady state but is left out of CPU auto: it compiles 60-150 s per batch bucket on a cold cache.
 # GPU order is the expected one (TensorRT FP16 > Inductor + CUDA graphs FP16 > eager FP16 > ORT FP32);
 # benchmarks/gpu_check.py measures it on the machine at hand.
 AUTO_ORDER: dict[str, tuple[str, ...]] = {

@@ -19,7 +19,7 @@ True
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -314,9 +314,20 @@ class DeviceFrameRenderer:
             self._host = {shape: buf}  # one frame size at a time: a stream does not change resolution
         return buf
 
-    def render(self, image: np.ndarray, faces: Sequence[PreparedFace], identity: np.ndarray) -> np.ndarray:
+    def render(
+        self,
+        image: np.ndarray,
+        faces: Sequence[PreparedFace],
+        identity: np.ndarray,
+        *,
+        adjust: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> np.ndarray:
         """Generate and paste every face of ``faces`` into ``image`` (H, W, 3) uint8, in place; returns the
-        generated, composited crops (B, S, S, 3) uint8 (what the CPU renderer keeps for ``inspect``)."""
+        generated, composited crops (B, S, S, 3) uint8 (what the CPU renderer keeps for ``inspect``).
+
+        ``adjust`` receives the raw generator output (B, 3, S, S) in [-1, 1] on the device and returns
+        the tensor to composite (e.g. the renderer's per-track temporal smoothing, kept on the device).
+        """
         if not faces:
             return np.zeros((0, 0, 0, 3), np.uint8)
         size = faces[0].size
@@ -332,6 +343,8 @@ class DeviceFrameRenderer:
         masked = (crops / 127.5 - 1.0) * (~region)
         semantic = F.one_hot(labels, self.label_nc).permute(0, 3, 1, 2).float()
         generated = self.backend.generate_tensors(masked, semantic, identity_t)
+        if adjust is not None:
+            generated = adjust(generated)
         generated = ((generated + 1.0) * 127.5).clamp(0, 255).round()
         composite = torch.where(region, generated, crops)
         if self.color:
