@@ -64,6 +64,17 @@ def resolve_device(device: str) -> str:
     raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
 
 
+def torch_precision(requested: str | None, device: str) -> str:
+    """The precision a torch backend runs at: fp16 by default on CUDA, fp32 on CPU (fp16 there is an error)."""
+    on_cuda = device.startswith("cuda")
+    precision = requested or ("fp16" if on_cuda else "fp32")
+    if precision not in ("fp32", "fp16"):
+        raise ValueError(f"precision must be fp32 or fp16, got {precision!r}")
+    if precision == "fp16" and not on_cuda:
+        raise ValueError("fp16 needs CUDA; the CPU backends run fp32")
+    return precision
+
+
 def physical_cores() -> int:
     """Physical cores this process may run on (SMT siblings counted once); at least 1.
 

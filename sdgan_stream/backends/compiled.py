@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from .base import TorchBackendBase
+from .base import TorchBackendBase, torch_precision
 from .eager import precision_context
 
 if TYPE_CHECKING:
@@ -89,11 +89,7 @@ class CompiledBackend(TorchBackendBase):
         import torch
 
         on_cuda = device.startswith("cuda")
-        precision = precision or ("fp16" if on_cuda else "fp32")
-        if precision not in ("fp32", "fp16"):
-            raise ValueError(f"precision must be fp32 or fp16, got {precision!r}")
-        if precision == "fp16" and not on_cuda:
-            raise ValueError("fp16 needs CUDA; the CPU backends run fp32")
+        precision = torch_precision(precision, device)
         super().__init__(config=config, device=device, max_batch=max_batch, pad_to_buckets=True)
         self.precision = precision
         module = copy.deepcopy(generator).eval().requires_grad_(False).to(device).to(memory_format=torch.channels_last)

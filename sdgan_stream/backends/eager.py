@@ -12,7 +12,7 @@ import copy
 import logging
 from typing import TYPE_CHECKING
 
-from .base import TorchBackendBase
+from .base import TorchBackendBase, torch_precision
 
 if TYPE_CHECKING:
     import torch
@@ -62,11 +62,7 @@ class EagerBackend(TorchBackendBase):
         import torch
 
         on_cuda = device.startswith("cuda")
-        precision = precision or ("fp16" if on_cuda else "fp32")
-        if precision not in ("fp32", "fp16"):
-            raise ValueError(f"precision must be fp32 or fp16, got {precision!r}")
-        if precision == "fp16" and not on_cuda:
-            raise ValueError("fp16 needs CUDA; the CPU backends run fp32")
+        precision = torch_precision(precision, device)
         # Bucket padding on CUDA keeps the allocator and cuDNN on a few shapes; on CPU it would only add work.
         super().__init__(config=config, device=device, max_batch=max_batch, pad_to_buckets=on_cuda)
         self.precision = precision
