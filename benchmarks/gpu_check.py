@@ -12,8 +12,9 @@ skipped once the time budget is spent):
    (upload, warp crops, feather, colour match, paste back, download).
 5. ``stages``: per-stage ms of the CPU stages on frames of a synthetic 1080p clip (decode, detect,
    landmarks + crops + maps, generate, numpy paste-back), 1, 4 and 16 faces.
-6. ``end_to_end``: ``sdgan_stream.anonymize_video(..., method='sdgan', backend=..., device='cuda')``
-   on synthetic 1080p clips (``sdgan_stream.samples.make_face_clip``) with 1, 4 and 16 faces: fps.
+6. ``end_to_end``: ``sdgan_stream.anonymize_video(..., method="sdgan", backend=..., device="cuda")``
+   on synthetic 1080p clips (``sdgan_stream.samples.make_face_clip``) with 1, 4 and 16 faces: fps
+   (on CUDA the renderer keeps each frame on the GPU: ``DeviceFrameRenderer``).
 
 Writes JSON to ``--out`` (default ``$OUT/gpu_check.json`` when ``$OUT`` is set, else
 ``benchmarks/results/gpu_check.json``). Without a CUDA GPU it says so and exits with status 2 at once.

@@ -1,6 +1,12 @@
 """The SDGAN renderer: landmarks -> aligned crops and semantic maps -> one batched generator call ->
 paste-back, with a cover for every face the generator cannot serve.
 
+Two frame paths share everything up to the maps (landmarks, maps and region masks are made on the
+host): the host path crops, composites and pastes with numpy/OpenCV; the device path
+(:class:`~sdgan_stream.backends.gpu_warp.DeviceFrameRenderer`, chosen when the backend runs on CUDA)
+uploads the frame once, warps all crops, generates, colour-matches and pastes them back on the GPU
+and downloads the frame once.
+
 A face falls back to the cover (and the outcome records why) when it is too small, out of frame, in
 profile, when its landmarks fail, or when the region the generator would replace does not cover the
 centre of the detected face (a landmark fit that wandered off must not leave the real face visible).
@@ -11,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 import cv2
 import numpy as np
@@ -31,7 +37,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MIN_CENTRE_COVERAGE", "SdganRenderer", "centre_coverage"]
+__all__ = ["MIN_CENTRE_COVERAGE", "SdganRenderer", "centre_coverage", "use_device_frames"]
+
+FramePath = Literal["auto", "host", "device"]
 
 # Share of the detected face's centre (the middle 60% of its box) the replaced region must cover.
 MIN_CENTRE_COVERAGE = 0.9
@@ -60,6 +68,17 @@ def _from_network(batch: np.ndarray) -> np.ndarray:
     return np.clip((batch.transpose(0, 2, 3, 1) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
 
 
+def use_device_frames(backend: GeneratorBackend, frame_path: FramePath) -> bool:
+    """Whether frames go through the torch frame path: always for ``device``, on CUDA for ``auto``.
+
+    On CPU the host path is the faster one (OpenCV's warps beat ``grid_sample`` there), so ``auto``
+    keeps it; ``device`` on CPU exists to test the GPU path's logic where no GPU is.
+    """
+    if frame_path not in ("auto", "host", "device"):
+        raise ValueError(f"frame path must be auto, host or device, got {frame_path!r}")
+    return frame_path == "device" or (frame_path == "auto" and backend.device == "cuda")
+
+
 class SdganRenderer:
     """Replaces faces with generated ones; every face it cannot serve gets ``fallback``."""
 
@@ -75,6 +94,7 @@ class SdganRenderer:
         batch_size: int = 16,
         temporal_smoothing: float = 0.5,
         reshape_strength: float = 2.5,
+        frame_path: FramePath = "auto",
     ) -> None:
         if not 0.0 <= temporal_smoothing < 1.0:
             raise ValueError(f"temporal smoothing must be in [0, 1), got {temporal_smoothing}")
@@ -90,6 +110,12 @@ class SdganRenderer:
         self.fallback = fallback
         self.batch_size = batch_size
         self.last_generated: list[tuple[PreparedFace, np.ndarray]] = []  # for `inspect`: crops of the last call
+        self._device_frames: Any = None
+        if use_device_frames(backend, frame_path):
+            from .backends.gpu_warp import DeviceFrameRenderer
+
+            self._device_frames = DeviceFrameRenderer(backend=backend, label_nc=config.label_nc)
+        log.info("SDGAN frame path: %s", "device (torch)" if self._device_frames is not None else "host (numpy/OpenCV)")
 
     @classmethod
     def from_options(cls, options: AnonymizeOptions) -> SdganRenderer:
@@ -129,9 +155,15 @@ class SdganRenderer:
         current: dict[int, np.ndarray] = {}
         for start in range(0, len(ready), self.batch_size):
             chunk = ready[start : start + self.batch_size]
-            generated = self.generate_crops(chunk, smoothed_into=current)
+            if self._device_frames is not None:
+                generated = self._device_frames.render(
+                    image, chunk, self._identity(chunk), adjust=lambda raw, chunk=chunk: self._smooth(raw, chunk, current)
+                )
+            else:
+                generated = self.generate_crops(chunk, smoothed_into=current)
+                for prepared, crop in zip(chunk, generated):
+                    paste_back(image, crop, prepared)
             for prepared, crop in zip(chunk, generated):
-                paste_back(image, crop, prepared)
                 outcomes.append(FaceOutcome(prepared.face, self.name))
                 self.last_generated.append((prepared, crop))
         self._previous = current
@@ -143,26 +175,46 @@ class SdganRenderer:
         With ``smoothed_into``, each tracked face's output is averaged with its previous frame's and
         stored there under its track id.
         """
-        from .models.identity import identity_codes
-
         masked = _to_network([masked_input(p) for p in faces])
         semantic = np.stack([one_hot(p.labels, self.config.label_nc) for p in faces])
-        identity = identity_codes([p.face.identity_seed for p in faces], self.config.identity_dim)
-        raw = self.backend.generate(masked, semantic, identity)
+        raw = self.backend.generate(masked, semantic, self._identity(faces))
         if smoothed_into is not None:
-            for index, prepared in enumerate(faces):
-                track_id = prepared.face.track_id
-                if track_id is None:
-                    continue
-                previous = self._previous.get(track_id)
-                if previous is not None and self.temporal_smoothing > 0:
-                    raw[index] = self.temporal_smoothing * previous + (1 - self.temporal_smoothing) * raw[index]
-                smoothed_into[track_id] = raw[index]
+            raw = self._smooth(raw, faces, smoothed_into)
         out = _from_network(raw)
         # Inside the region: the generated face; outside: the original crop (paste-back feathers the edge).
         mask = np.stack([p.region_mask for p in faces])[..., None]
         crops = np.stack([p.crop for p in faces])
         return np.where(mask > 0.5, out, crops)
+
+    def _identity(self, faces: Sequence[PreparedFace]) -> np.ndarray:
+        from .models.identity import identity_codes
+
+        return identity_codes([p.face.identity_seed for p in faces], self.config.identity_dim)
+
+    def _smooth(self, raw: Any, faces: Sequence[PreparedFace], current: dict[int, Any]) -> Any:
+        """Each tracked face's raw output averaged with its previous frame's; the result (B, 3, S, S), a
+        new numpy array or device tensor like ``raw``, is stored in ``current`` under the track ids.
+
+        Never writes into ``raw``: a backend may hand out its own output buffer (CUDA graphs reuse it
+        on the next call), and tensors made under inference mode cannot be changed outside it.
+        """
+        rows = []
+        for index, prepared in enumerate(faces):
+            row = raw[index]
+            previous = self._previous.get(prepared.face.track_id) if prepared.face.track_id is not None else None
+            if previous is not None and self.temporal_smoothing > 0:
+                row = self.temporal_smoothing * previous + (1 - self.temporal_smoothing) * row
+            rows.append(row)
+        if isinstance(raw, np.ndarray):
+            smoothed = np.stack(rows) if rows else raw.copy()
+        else:
+            import torch
+
+            smoothed = torch.stack(rows) if rows else raw.clone()
+        for index, prepared in enumerate(faces):
+            if prepared.face.track_id is not None:
+                current[prepared.face.track_id] = smoothed[index]
+        return smoothed
 
     def _reshaped(self, prepared: PreparedFace) -> PreparedFace:
         """The face's map redrawn from landmarks moved by its identity code (jaw, chin, eyes, brows,

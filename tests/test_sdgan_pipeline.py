@@ -11,7 +11,7 @@ from sdgan_stream import anonymize_video
 from sdgan_stream.anonymize import CoverRenderer, FrameAnonymizer
 from sdgan_stream.config import AnonymizeOptions
 from sdgan_stream.recognizer import SAME_PERSON_DISTANCE, FaceRecognizer
-from sdgan_stream.render import SdganRenderer
+from sdgan_stream.render import SdganRenderer, use_device_frames
 from sdgan_stream.samples import SyntheticClip, face_photos
 from sdgan_stream.types import Detections, Face, VideoFrame
 
@@ -95,6 +95,9 @@ class _ExplodingBackend:
     def generate(self, masked, semantic, identity):
         raise RuntimeError("out of memory")
 
+    def generate_tensors(self, masked, semantic, identity):
+        raise RuntimeError("CUDA out of memory")
+
 
 class _FixedDetector:
     def __init__(self, box, landmarks):
@@ -104,9 +107,11 @@ class _FixedDetector:
         return Detections(boxes=self.box[None], scores=np.array([0.9], np.float32), landmarks=self.landmarks[None])
 
 
-def test_a_generator_error_never_lets_the_face_through(renderer: SdganRenderer) -> None:
+@pytest.mark.parametrize("frame_path", ["host", "device"])
+def test_a_generator_error_never_lets_the_face_through(renderer: SdganRenderer, frame_path: str) -> None:
     image, box, landmarks = _face_on_canvas()
-    broken = SdganRenderer(backend=_ExplodingBackend(), config=renderer.config, landmarker=renderer.landmarker, fallback=CoverRenderer())
+    broken = SdganRenderer(backend=_ExplodingBackend(), config=renderer.config, landmarker=renderer.landmarker,
+                           fallback=CoverRenderer(), frame_path=frame_path)
     anonymizer = FrameAnonymizer(detector=_FixedDetector(box, landmarks), renderer=broken)
     out = anonymizer.push(VideoFrame(image=image.copy(), index=0, pts=0, time_base=None))[0]
     x1, y1, x2, y2 = box.astype(int)
@@ -114,12 +119,14 @@ def test_a_generator_error_never_lets_the_face_through(renderer: SdganRenderer) 
     assert anonymizer.stats["fallback_renderer_error"] == 1
 
 
-def test_temporal_smoothing_steadies_a_tracked_face_and_forgets_ended_tracks(renderer: SdganRenderer) -> None:
+@pytest.mark.parametrize("frame_path", ["host", "device"])
+def test_temporal_smoothing_steadies_a_tracked_face_and_forgets_ended_tracks(renderer: SdganRenderer, frame_path: str) -> None:
     image, box, landmarks = _face_on_canvas()
     jitter = np.array([[1.5, -1.0]] * 5, np.float32)
 
     def second_frame_change(smoothing: float) -> float:
-        steady = SdganRenderer(backend=renderer.backend, config=renderer.config, landmarker=renderer.landmarker, fallback=CoverRenderer(), temporal_smoothing=smoothing)
+        steady = SdganRenderer(backend=renderer.backend, config=renderer.config, landmarker=renderer.landmarker,
+                               fallback=CoverRenderer(), temporal_smoothing=smoothing, frame_path=frame_path)
         first, second = image.copy(), image.copy()
         steady.render(first, [Face(box=box, score=0.9, landmarks=landmarks, track_id=1, identity_seed=4)])
         steady.render(second, [Face(box=box + 1.0, score=0.9, landmarks=landmarks + jitter, track_id=1, identity_seed=4)])
@@ -130,3 +137,34 @@ def test_temporal_smoothing_steadies_a_tracked_face_and_forgets_ended_tracks(ren
         return float(np.abs(first[y1:y2, x1:x2].astype(int) - second[y1:y2, x1:x2].astype(int)).mean())
 
     assert second_frame_change(0.5) < second_frame_change(0.0)
+
+
+def test_the_device_frame_path_renders_what_the_host_path_does(renderer: SdganRenderer) -> None:
+    # The GPU path (one upload, torch warps, one download) run on CPU tensors: same faces, same places.
+    image, box, landmarks = _face_on_canvas()
+    faces = [Face(box=box, score=0.9, landmarks=landmarks, identity_seed=9, track_id=3)]
+    results = {}
+    for frame_path in ("host", "device"):
+        path_renderer = SdganRenderer(backend=renderer.backend, config=renderer.config, landmarker=renderer.landmarker,
+                                      fallback=CoverRenderer(), frame_path=frame_path)
+        canvas = image.copy()
+        assert [o.method for o in path_renderer.render(canvas, faces)] == ["sdgan"]
+        results[frame_path] = (canvas, path_renderer.last_generated[0][1])
+    (host, host_crop), (device, device_crop) = results["host"], results["device"]
+    x1, y1, x2, y2 = box.astype(int)
+    changed = np.abs(host[y1:y2, x1:x2].astype(int) - image[y1:y2, x1:x2]).mean()
+    difference = np.abs(device[y1:y2, x1:x2].astype(int) - host[y1:y2, x1:x2])
+    assert changed > 10 and difference.mean() < 0.1 * changed  # the face changed, and the same way on both paths
+    assert device_crop.shape == host_crop.shape and np.abs(device_crop.astype(int) - host_crop).mean() < 3
+
+
+class _BackendOn:
+    def __init__(self, device: str) -> None:
+        self.device = device
+
+
+def test_the_device_frame_path_is_chosen_on_cuda_only_unless_asked() -> None:
+    assert use_device_frames(_BackendOn("cuda"), "auto") and not use_device_frames(_BackendOn("cpu"), "auto")
+    assert use_device_frames(_BackendOn("cpu"), "device") and not use_device_frames(_BackendOn("cuda"), "host")
+    with pytest.raises(ValueError, match="frame path"):
+        use_device_frames(_BackendOn("cpu"), "gpu")
