@@ -70,6 +70,10 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=8, help="batch size")
     p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only; ignored with a warning on CPU)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    p.add_argument("--init-from", metavar="CHECKPOINT", default=None,
+                   help="fine-tune: start a new run from the networks of a checkpoint or run folder (step 0, fresh optimizers)")
+    p.add_argument("--donors", default="others", choices=("others", "any"),
+                   help="identikit sampling: take face regions only from other people than the source (default), or from any photo")
     p.add_argument("--export", metavar="PATH", default=None,
                    help="after training, write the inference bundle here (with --steps 0 and --resume: export only)")
     p.add_argument("--seed", type=int, default=0, help="seed for initialisation and data (runs are reproducible)")
@@ -161,6 +165,10 @@ def run_train(args: argparse.Namespace) -> int:
 
     from .models.generator import GeneratorConfig
 
+    if args.resume and args.init_from:
+        from .errors import InputError
+
+        raise InputError("--resume continues this run's own checkpoint; --init-from starts a new run: pick one")
     if args.threads:
         import cv2
 
@@ -179,7 +187,7 @@ def run_train(args: argparse.Namespace) -> int:
 
         size = int(read_manifest(args.data)["size"])
         config = TrainConfig(
-            steps=args.steps, batch=args.batch, seed=args.seed, mode=args.mode, lr_g=args.lr, lr_d=args.lr, lr_e=args.lr,
+            steps=args.steps, batch=args.batch, seed=args.seed, mode=args.mode, donors=args.donors, lr_g=args.lr, lr_d=args.lr, lr_e=args.lr,
             ndf=args.ndf, encoder_width=args.encoder_width, amp=args.amp, vgg19_weights=args.vgg19_weights,
             sample_every=args.sample_every, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
             generator=GeneratorConfig(
@@ -190,6 +198,8 @@ def run_train(args: argparse.Namespace) -> int:
     trainer = Trainer(data_dir=args.data, run_dir=run_dir, config=config, device=device)
     if args.resume:
         trainer.load_checkpoint()
+    elif args.init_from:
+        trainer.init_from(args.init_from)
     log.info("training on %s: %d faces, %d identities, sampling %s", device, len(trainer.faces),
              trainer.faces.num_identities, type(trainer.sampler).__name__)
     writer = None

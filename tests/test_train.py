@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
+from sdgan_stream.errors import WeightsError
 from sdgan_stream.models import GeneratorConfig, identity_code, load_generator_bundle
 from sdgan_stream.semantic import colorize, mean_face_landmarks, rasterize_semantic_map
 from train.dataset import IdentikitSampler, IdentitySampler, batch_to_tensors
@@ -124,6 +126,31 @@ def test_samplers_are_deterministic_and_well_formed():
         assert torch.allclose(t["code"].norm(dim=1), torch.ones(3), atol=1e-5)
 
 
+def _two_coloured_people() -> FaceSet:
+    """Two 'people' whose whole crop is one flat colour: reddish and bluish."""
+    lm = mean_face_landmarks(SIZE)
+    labels = rasterize_semantic_map(lm, SIZE)
+    crops = np.stack([np.full((SIZE, SIZE, 3), colour, np.uint8) for colour in ((200, 70, 60), (60, 70, 200))])
+    return FaceSet(crops=crops, labels=np.stack([labels, labels]), landmarks=np.stack([lm, lm]), identity=np.array([0, 1]),
+                   identities=("red", "blue"), size=SIZE)
+
+
+@pytest.mark.parametrize("donors", ["others", "any"])
+def test_identikit_faces_take_no_region_from_the_source_person(donors):
+    sampler = IdentikitSampler(_two_coloured_people(), code_dim=16, seed=0, donors=donors)
+    batch = sampler.batch(0, 16)
+    same_person = []
+    for target, region in zip(batch["target"].astype(float), batch["region"]):
+        inner = cv2.erode((region > 0.5).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+        outside = cv2.dilate((region > 0.5).astype(np.uint8), np.ones((5, 5), np.uint8)) == 0
+        redness = lambda pixels: float((pixels[:, 0] - pixels[:, 2]).mean())  # noqa: E731
+        same_person.append((redness(target[inner]) > 0) == (redness(target[outside]) > 0))
+    if donors == "others":
+        assert not any(same_person)  # the face is always the other person's, whatever the code
+    else:
+        assert any(same_person) and not all(same_person)
+
+
 def test_shards_roundtrip(tmp_path):
     faces = _tiny_faceset(2)
     writer = ShardWriter(tmp_path, size=SIZE, shard_size=1)
@@ -188,6 +215,21 @@ def test_save_resume_is_exact(tmp_path):
         assert torch.equal(a, b)
 
 
+def test_a_run_can_start_from_another_runs_networks(tmp_path):
+    faces = _tiny_faceset(2)
+    base = Trainer(data_dir=tmp_path, run_dir=tmp_path / "base", config=_config(steps=2), faces=faces)
+    base.train()
+    base.save_checkpoint()
+    tuned = Trainer(data_dir=tmp_path, run_dir=tmp_path / "tuned", config=_config(steps=2, donors="any"), faces=faces)
+    tuned.init_from(tmp_path / "base")
+    assert tuned.step == 0
+    for module in ("generator", "discriminator", "encoder"):
+        for a, b in zip(getattr(base, module).parameters(), getattr(tuned, module).parameters()):
+            assert torch.equal(a, b)
+    with pytest.raises(WeightsError, match="cannot start from"):
+        tuned.init_from(tmp_path / "nowhere")
+
+
 def test_export_load_parity_and_samples(tmp_path):
     faces = _tiny_faceset(2)
     trainer = Trainer(data_dir=tmp_path, run_dir=tmp_path / "run",
@@ -238,6 +280,7 @@ def test_train_cli_end_to_end(tmp_path):
               "--spade-hidden", "8", "--identity-dim", "16", "--ndf", "4", "--encoder-width", "4", "--no-progress",
               "--threads", "1", "--sample-every", "0"]
     assert main(common + ["--steps", "2"]) == 0
+    assert main(common + ["--steps", "2", "--resume", "--init-from", str(tmp_path / "run")]) == 1  # one or the other
     assert main(common + ["--steps", "3", "--resume", "--export", str(tmp_path / "bundle")]) == 0
     _, config, meta = load_generator_bundle(tmp_path / "bundle")
     assert meta["steps"] == 3 and config.ngf == 4

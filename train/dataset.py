@@ -44,7 +44,10 @@ from .identikit import FaceSource, compose_identikit, recipe_dims, recipe_from_c
 from .shards import FaceSet
 from .warp import DeformConfig, mirror_face, random_deformation, warp_image
 
-__all__ = ["AugmentConfig", "IdentikitSampler", "IdentitySampler", "Sampler", "batch_to_tensors", "make_sampler"]
+__all__ = ["AugmentConfig", "DONOR_RULES", "IdentikitSampler", "IdentitySampler", "Sampler", "batch_to_tensors", "make_sampler"]
+
+
+DONOR_RULES = ("others", "any")  # which photos an identikit face may borrow regions from (IdentikitSampler)
 
 
 @dataclass(frozen=True)
@@ -110,9 +113,13 @@ def _face_sources(faces: FaceSet, flip: bool) -> list[FaceSource]:
 class IdentikitSampler:
     """Paired examples whose target identities are identikit composites (see module docstring)."""
 
-    def __init__(self, faces: FaceSet, *, code_dim: int, augment: AugmentConfig = AugmentConfig(), seed: int = 0) -> None:
+    def __init__(
+        self, faces: FaceSet, *, code_dim: int, augment: AugmentConfig = AugmentConfig(), seed: int = 0, donors: str = "others"
+    ) -> None:
         if code_dim < recipe_dims():
             raise ValueError(f"the identikit needs identity codes of at least {recipe_dims()} dimensions")
+        if donors not in DONOR_RULES:
+            raise ValueError(f"donors must be one of {', '.join(DONOR_RULES)}, got {donors!r}")
         self.faces = faces
         self.code_dim = code_dim
         self.augment = augment
@@ -120,6 +127,15 @@ class IdentikitSampler:
         self.sources = _face_sources(faces, augment.flip)
         self.shapes = [s.landmarks for s in self.sources]
         self.size = faces.size
+        # "others": a target face takes no region from the person whose surroundings it sits in. With a
+        # handful of photos the generator otherwise learns to redraw that person from the context and
+        # the map (it did: dlib still matched the starter's faces to their source); this is the data
+        # side of SDGAN's "away from the source" identity loss. "any": every source may give a region.
+        self.donors = donors if faces.num_identities > 1 else "any"
+        self._donor_sets = {
+            identity: [s for s in self.sources if s.identity != identity] if self.donors == "others" else self.sources
+            for identity in {s.identity for s in self.sources}
+        }
 
     def _geometry(self, rng: np.random.Generator) -> tuple[FaceSource, np.ndarray, np.ndarray]:
         base = self.sources[int(rng.integers(len(self.sources)))]
@@ -131,14 +147,15 @@ class IdentikitSampler:
 
     def example(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         code = identity_code(int(rng.integers(1 << 62)), self.code_dim)
-        recipe = recipe_from_code(code, len(self.sources))
-        _, landmarks, context = self._geometry(rng)
+        base, landmarks, context = self._geometry(rng)
+        donors = self._donor_sets[base.identity]
+        recipe = recipe_from_code(code, len(donors))
         labels = rasterize_semantic_map(landmarks, self.size)
-        target = compose_identikit(self.sources, recipe, landmarks, context, labels=labels)
+        target = compose_identikit(donors, recipe, landmarks, context, labels=labels)
         source = context  # the photo's own person, warped onto this geometry
         _, pos_landmarks, pos_context = self._geometry(rng)
         pos_labels = rasterize_semantic_map(pos_landmarks, self.size)
-        positive = compose_identikit(self.sources, recipe, pos_landmarks, pos_context, labels=pos_labels)
+        positive = compose_identikit(donors, recipe, pos_landmarks, pos_context, labels=pos_labels)
         target, source = _colour_jitter([target, source], rng, self.augment)
         (positive,) = _colour_jitter([positive], rng, self.augment)
         if rng.random() < self.augment.degrade_prob:
@@ -234,13 +251,14 @@ def _stack(examples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 def make_sampler(
-    faces: FaceSet, *, mode: str, code_dim: int, seed: int, augment: AugmentConfig = AugmentConfig()
+    faces: FaceSet, *, mode: str, code_dim: int, seed: int, augment: AugmentConfig = AugmentConfig(), donors: str = "others"
 ) -> Sampler:
-    """``mode``: ``identikit``, ``identity``, or ``auto`` (identikit below 20 identities)."""
+    """``mode``: ``identikit``, ``identity``, or ``auto`` (identikit below 20 identities); ``donors``: see
+    :class:`IdentikitSampler`."""
     if mode == "auto":
         mode = "identikit" if faces.num_identities < 20 else "identity"
     if mode == "identikit":
-        return IdentikitSampler(faces, code_dim=code_dim, augment=augment, seed=seed)
+        return IdentikitSampler(faces, code_dim=code_dim, augment=augment, seed=seed, donors=donors)
     if mode == "identity":
         return IdentitySampler(faces, code_dim=code_dim, augment=augment, seed=seed)
     raise ValueError(f"unknown sampling mode {mode!r}; use identikit, identity or auto")

@@ -76,6 +76,7 @@ class TrainConfig:
     batch: int = 8
     seed: int = 0
     mode: str = "auto"  # identikit | identity | auto
+    donors: str = "others"  # identikit regions from other people than the source only | any (see train.dataset)
     lr_g: float = 2e-4
     lr_d: float = 2e-4
     lr_e: float = 2e-4
@@ -109,6 +110,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         data = dict(data)
+        data.setdefault("donors", "any")  # runs configured before the option existed drew from every photo
         data["generator"] = GeneratorConfig.from_dict(data.get("generator", {}))
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
@@ -167,7 +169,8 @@ class Trainer:
                 f"the data set has {self.faces.size} px crops but the generator is configured for {gcfg.image_size} px"
             )
         self.sampler: Sampler = make_sampler(
-            self.faces, mode=config.mode, code_dim=gcfg.identity_dim, seed=config.seed, augment=AugmentConfig()
+            self.faces, mode=config.mode, code_dim=gcfg.identity_dim, seed=config.seed, augment=AugmentConfig(),
+            donors=config.donors,
         )
         torch.manual_seed(config.seed)
         self.generator: SDGANGenerator = build_generator(gcfg).to(self.device)
@@ -230,6 +233,21 @@ class Trainer:
         dirs = sorted(p for p in self.checkpoint_root.glob("step_*") if p.is_dir())
         for old in dirs[: -self.config.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
+
+    def init_from(self, path: str | Path) -> None:
+        """Start this run from another run's networks (fine-tuning): weights only, at step 0, with fresh
+        optimizers. ``path`` is a checkpoint folder or a run folder (its latest checkpoint)."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if (path / "checkpoints" / "latest.json").is_file():
+            path = path / "checkpoints" / json.loads((path / "checkpoints" / "latest.json").read_text())["dir"]
+        try:
+            for name, module in (("generator", self.generator), ("discriminator", self.discriminator), ("identity_encoder", self.encoder)):
+                module.load_state_dict(load_file(str(path / f"{name}.safetensors"), device=str(self.device)))
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise WeightsError(f"cannot start from {path}: {exc}") from exc
+        log.info("networks initialised from %s", path)
 
     def load_checkpoint(self, path: str | Path | None = None) -> int:
         """Restore networks, optimizers and the step counter (``None``: the latest checkpoint of the run)."""
