@@ -44,6 +44,9 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default=unset, help="generator bundle (.safetensors) for --method sdgan (default: the starter weights in the package)")
     parser.add_argument("--backend", default=unset, help=f"generator backend: auto, eager, compile, onnxruntime, tensorrt (default: {d.backend})")
     parser.add_argument("--device", default=unset, help=f"auto, cpu or cuda (default: {d.device})")
+    parser.add_argument("--frame-path", choices=("auto", "host", "device"), default=unset,
+                        help="where --method sdgan crops and pastes faces: auto = on the GPU when the generator runs on CUDA, "
+                             "host = numpy/OpenCV (default: auto)")
     parser.add_argument("--seed", type=int, default=unset, help="fix the generated identities (default: new ones each run)")
     parser.add_argument("--config", type=Path, default=None, help="TOML file with options; flags override it")
 

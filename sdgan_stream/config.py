@@ -49,6 +49,7 @@ class AnonymizeOptions:
     weights: str | None = None  # generator bundle; None = the starter weights shipped in the package
     backend: str = "auto"  # generator backend: auto | eager | compile | onnxruntime | tensorrt
     device: str = "auto"  # auto | cpu | cuda
+    frame_path: str = "auto"  # sdgan pre/post-processing: auto (GPU when the generator is on CUDA) | host | device
     detector_provider: str | None = None  # onnxruntime execution provider for the detector
     batch_size: int = 16  # most faces per generator call
     seed: int | None = None  # fixes the fake identities (tests, reproducible demos)
@@ -62,6 +63,8 @@ class AnonymizeOptions:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
         if not 0.0 < self.low_threshold <= self.threshold:
             raise ValueError(f"low threshold must be in (0, threshold], got {self.low_threshold}")
+        if self.frame_path not in ("auto", "host", "device"):
+            raise ValueError(f"frame path must be auto, host or device, got {self.frame_path!r}")
         if not 0 <= self.crf <= 51:
             raise ValueError(f"crf must be in 0..51, got {self.crf}")
 

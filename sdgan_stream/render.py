@@ -139,6 +139,7 @@ class SdganRenderer:
             landmarker=LandmarkDetector(),
             fallback=CoverRenderer(method=options.fallback, margin=options.cover_margin),  # type: ignore[arg-type]
             batch_size=options.batch_size,
+            frame_path=options.frame_path,  # type: ignore[arg-type]
         )
 
     def render(self, image: np.ndarray, faces: Sequence[Face]) -> list[FaceOutcome]:
@@ -153,19 +154,19 @@ class SdganRenderer:
                 ready.append(self._reshaped(item))
         self.last_generated = []
         current: dict[int, np.ndarray] = {}
-        for start in range(0, len(ready), self.batch_size):
-            chunk = ready[start : start + self.batch_size]
-            if self._device_frames is not None:
-                generated = self._device_frames.render(
-                    image, chunk, self._identity(chunk), adjust=lambda raw, chunk=chunk: self._smooth(raw, chunk, current)
-                )
-            else:
-                generated = self.generate_crops(chunk, smoothed_into=current)
-                for prepared, crop in zip(chunk, generated):
+        if self._device_frames is not None:
+            if ready:  # one upload and one download for the whole frame; the backend splits the batch itself
+                generated = self._device_frames.render(image, ready, self._identity(ready),
+                                                       adjust=lambda raw: self._smooth(raw, ready, current))
+                self.last_generated = list(zip(ready, generated))
+        else:
+            for start in range(0, len(ready), self.batch_size):
+                chunk = ready[start : start + self.batch_size]
+                crops = self.generate_crops(chunk, smoothed_into=current)
+                for prepared, crop in zip(chunk, crops):
                     paste_back(image, crop, prepared)
-            for prepared, crop in zip(chunk, generated):
-                outcomes.append(FaceOutcome(prepared.face, self.name))
-                self.last_generated.append((prepared, crop))
+                    self.last_generated.append((prepared, crop))
+        outcomes.extend(FaceOutcome(prepared.face, self.name) for prepared in ready)
         self._previous = current
         return outcomes
 

@@ -165,10 +165,13 @@ def run_train(args: argparse.Namespace) -> int:
 
     from .models.generator import GeneratorConfig
 
-    if args.resume and args.init_from:
-        from .errors import InputError
+    from .errors import InputError
 
+    if args.resume and args.init_from:
         raise InputError("--resume continues this run's own checkpoint; --init-from starts a new run: pick one")
+    if not args.resume and (Path(args.out) / "checkpoints" / "latest.json").is_file():
+        # A new run would count from step 0 beside the old checkpoints and prune its own first.
+        raise InputError(f"{args.out} already holds a training run: add --resume to continue it, or choose another --out")
     if args.threads:
         import cv2
 

@@ -112,6 +112,7 @@ def test_a_generator_error_never_lets_the_face_through(renderer: SdganRenderer, 
     image, box, landmarks = _face_on_canvas()
     broken = SdganRenderer(backend=_ExplodingBackend(), config=renderer.config, landmarker=renderer.landmarker,
                            fallback=CoverRenderer(), frame_path=frame_path)
+    assert (broken._device_frames is not None) == (frame_path == "device")
     anonymizer = FrameAnonymizer(detector=_FixedDetector(box, landmarks), renderer=broken)
     out = anonymizer.push(VideoFrame(image=image.copy(), index=0, pts=0, time_base=None))[0]
     x1, y1, x2, y2 = box.astype(int)
@@ -127,6 +128,7 @@ def test_temporal_smoothing_steadies_a_tracked_face_and_forgets_ended_tracks(ren
     def second_frame_change(smoothing: float) -> float:
         steady = SdganRenderer(backend=renderer.backend, config=renderer.config, landmarker=renderer.landmarker,
                                fallback=CoverRenderer(), temporal_smoothing=smoothing, frame_path=frame_path)
+        assert (steady._device_frames is not None) == (frame_path == "device")
         first, second = image.copy(), image.copy()
         steady.render(first, [Face(box=box, score=0.9, landmarks=landmarks, track_id=1, identity_seed=4)])
         steady.render(second, [Face(box=box + 1.0, score=0.9, landmarks=landmarks + jitter, track_id=1, identity_seed=4)])
@@ -140,21 +142,27 @@ def test_temporal_smoothing_steadies_a_tracked_face_and_forgets_ended_tracks(ren
 
 
 def test_the_device_frame_path_renders_what_the_host_path_does(renderer: SdganRenderer) -> None:
-    # The GPU path (one upload, torch warps, one download) run on CPU tensors: same faces, same places.
+    # The GPU path (one upload, torch warps, one download) run on CPU tensors: same faces, same places,
+    # over two frames of one track (temporal smoothing on both paths).
     image, box, landmarks = _face_on_canvas()
-    faces = [Face(box=box, score=0.9, landmarks=landmarks, identity_seed=9, track_id=3)]
+    frames = [[Face(box=box + shift, score=0.9, landmarks=landmarks + shift, identity_seed=9, track_id=3)] for shift in (0.0, 1.5)]
     results = {}
     for frame_path in ("host", "device"):
         path_renderer = SdganRenderer(backend=renderer.backend, config=renderer.config, landmarker=renderer.landmarker,
-                                      fallback=CoverRenderer(), frame_path=frame_path)
-        canvas = image.copy()
-        assert [o.method for o in path_renderer.render(canvas, faces)] == ["sdgan"]
-        results[frame_path] = (canvas, path_renderer.last_generated[0][1])
+                                      fallback=CoverRenderer(), frame_path=frame_path, batch_size=1)
+        assert (path_renderer._device_frames is not None) == (frame_path == "device")
+        canvases = []
+        for faces in frames:
+            canvas = image.copy()
+            assert [o.method for o in path_renderer.render(canvas, faces)] == ["sdgan"]
+            canvases.append(canvas)
+        results[frame_path] = (canvases, path_renderer.last_generated[0][1])
     (host, host_crop), (device, device_crop) = results["host"], results["device"]
     x1, y1, x2, y2 = box.astype(int)
-    changed = np.abs(host[y1:y2, x1:x2].astype(int) - image[y1:y2, x1:x2]).mean()
-    difference = np.abs(device[y1:y2, x1:x2].astype(int) - host[y1:y2, x1:x2])
-    assert changed > 10 and difference.mean() < 0.1 * changed  # the face changed, and the same way on both paths
+    for host_frame, device_frame in zip(host, device):
+        changed = np.abs(host_frame[y1:y2, x1:x2].astype(int) - image[y1:y2, x1:x2]).mean()
+        difference = np.abs(device_frame[y1:y2, x1:x2].astype(int) - host_frame[y1:y2, x1:x2])
+        assert changed > 10 and difference.mean() < 0.1 * changed  # the face changed, and the same way on both paths
     assert device_crop.shape == host_crop.shape and np.abs(device_crop.astype(int) - host_crop).mean() < 3
 
 

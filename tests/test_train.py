@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 import cv2
 import numpy as np
@@ -215,6 +216,20 @@ def test_save_resume_is_exact(tmp_path):
         assert torch.equal(a, b)
 
 
+def test_identikit_with_one_person_borrows_from_that_person():
+    faces = _two_coloured_people()
+    alone = FaceSet(crops=faces.crops[:1], labels=faces.labels[:1], landmarks=faces.landmarks[:1], identity=faces.identity[:1],
+                    identities=faces.identities, size=SIZE)  # a second name, but no face of it
+    batch = IdentikitSampler(alone, code_dim=16, seed=0, donors="others").batch(0, 2)
+    assert batch["target"].shape == (2, SIZE, SIZE, 3)
+
+
+def test_configs_written_before_donors_existed_load_as_any():
+    stored = _config().to_dict()
+    del stored["donors"]
+    assert TrainConfig.from_dict(stored).donors == "any" and _config().donors == "others"
+
+
 def test_a_run_can_start_from_another_runs_networks(tmp_path):
     faces = _tiny_faceset(2)
     base = Trainer(data_dir=tmp_path, run_dir=tmp_path / "base", config=_config(steps=2), faces=faces)
@@ -281,6 +296,11 @@ def test_train_cli_end_to_end(tmp_path):
               "--threads", "1", "--sample-every", "0"]
     assert main(common + ["--steps", "2"]) == 0
     assert main(common + ["--steps", "2", "--resume", "--init-from", str(tmp_path / "run")]) == 1  # one or the other
+    assert main(common + ["--steps", "2"]) == 1  # a fresh run must not overwrite (and prune) the existing one
+    tuned = [a if a != str(tmp_path / "run") else str(tmp_path / "tuned") for a in common]
+    assert main(tuned + ["--steps", "1", "--init-from", str(tmp_path / "run"), "--donors", "any"]) == 0
+    stored = json.loads((tmp_path / "tuned" / "config.json").read_text())
+    assert stored["train"]["donors"] == "any" and stored["init_from"].endswith("step_0000002")
     assert main(common + ["--steps", "3", "--resume", "--export", str(tmp_path / "bundle")]) == 0
     _, config, meta = load_generator_bundle(tmp_path / "bundle")
     assert meta["steps"] == 3 and config.ngf == 4

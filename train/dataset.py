@@ -4,7 +4,8 @@ Two ways to turn faces into (input, target identity, target image) examples, one
 
 * :class:`IdentikitSampler` (tiny data sets, e.g. the offline sample photos): every example is a new
   geometry (landmark warp of a photo), the photo's own surroundings, and a target face composited
-  from regions of all photos by the recipe of a freshly drawn identity code. Every example is paired.
+  by the recipe of a freshly drawn identity code from regions of the *other* people's photos (by
+  default; ``donors="any"`` draws from all photos). Every example is paired.
 * :class:`IdentitySampler` (real data sets with identity labels, CelebA/FFHQ-style): half the examples
   reconstruct the source with its own identity's code (paired), the other half ask for another
   identity's code (no pixel target: adversarial, identity and context losses only), as in SDGAN.
@@ -29,6 +30,7 @@ A batch is a dict of numpy arrays (N = batch size, S = crop size):
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -43,6 +45,8 @@ from sdgan_stream.semantic import CLASS_NAMES, class_id, rasterize_semantic_map
 from .identikit import FaceSource, compose_identikit, recipe_dims, recipe_from_code
 from .shards import FaceSet
 from .warp import DeformConfig, mirror_face, random_deformation, warp_image
+
+log = logging.getLogger(__name__)
 
 __all__ = ["AugmentConfig", "DONOR_RULES", "IdentikitSampler", "IdentitySampler", "Sampler", "batch_to_tensors", "make_sampler"]
 
@@ -131,11 +135,13 @@ class IdentikitSampler:
         # handful of photos the generator otherwise learns to redraw that person from the context and
         # the map (it did: dlib still matched the starter's faces to their source); this is the data
         # side of SDGAN's "away from the source" identity loss. "any": every source may give a region.
-        self.donors = donors if faces.num_identities > 1 else "any"
-        self._donor_sets = {
-            identity: [s for s in self.sources if s.identity != identity] if self.donors == "others" else self.sources
-            for identity in {s.identity for s in self.sources}
-        }
+        self.donors = donors
+        self._donor_sets = {}
+        for identity in sorted({s.identity for s in self.sources}):
+            others = [s for s in self.sources if s.identity != identity]
+            if donors == "others" and not others:
+                log.warning("identikit: only one person in the data set, so faces borrow from that person's photos too")
+            self._donor_sets[identity] = others if donors == "others" and others else self.sources
 
     def _geometry(self, rng: np.random.Generator) -> tuple[FaceSource, np.ndarray, np.ndarray]:
         base = self.sources[int(rng.integers(len(self.sources)))]

@@ -5,9 +5,11 @@ With a dozen photos (or two), augmentation *is* the data set. A target identity 
 mouth, plus continuous appearance settings (skin tone, lip colour, brow darkness, smoothness, ...).
 Every region is warped onto one target geometry with the piecewise-affine landmark warp, colour-matched
 to the skin around it, feathered in, and recoloured. The recipe is a *deterministic function of the
-identity code* (:func:`recipe_from_code`), so the generator learns "code -> appearance" over the whole
-unit sphere of codes, which is exactly where :func:`sdgan_stream.models.identity_code` draws them at
-inference.
+identity code* (:func:`recipe_from_code`) over a given list of donor photos, so the generator learns
+"code -> appearance" over the whole unit sphere of codes, which is exactly where
+:func:`sdgan_stream.models.identity_code` draws them at inference. The trainer's donors are the photos
+of everyone but the person being replaced (``train.dataset.IdentikitSampler``), so one code picks
+different photos for different source people: appearance = f(code, who is replaced), never that person.
 
 Coordinates are aligned-crop pixels; images are RGB uint8 (S, S, 3).
 """

@@ -116,6 +116,15 @@ class TrainConfig:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
+def _checkpoint_errors() -> tuple[type[BaseException], ...]:
+    from safetensors import SafetensorError
+
+    return (OSError, RuntimeError, ValueError, KeyError, SafetensorError)
+
+
+_CHECKPOINT_ERRORS = _checkpoint_errors()  # what a missing, truncated or foreign checkpoint raises
+
+
 def _flatten_optimizer(optimizer: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
     state = optimizer.state_dict()
     tensors: dict[str, Tensor] = {}
@@ -188,6 +197,7 @@ class Trainer:
             log.warning("--amp needs a CUDA device; training in float32 on %s", self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.step = 0
+        self.init_source: str | None = None  # the checkpoint a fine-tuning run started from (init_from)
         self._start_seconds = 0.0
         self._fixed: dict[str, Tensor] | None = None
 
@@ -199,7 +209,8 @@ class Trainer:
 
     def _write_config(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        document = {"train": self.config.to_dict(), "data": str(self.data_dir), "manifest_count": self.manifest.get("count")}
+        document = {"train": self.config.to_dict(), "data": str(self.data_dir), "manifest_count": self.manifest.get("count"),
+                    "init_from": self.init_source}
         (self.run_dir / "config.json").write_text(json.dumps(document, indent=2) + "\n")
 
     def save_checkpoint(self) -> Path:
@@ -222,6 +233,7 @@ class Trainer:
             "optimizers": info,
             "scaler": self.scaler.state_dict() if self.use_amp else None,
             "config": self.config.to_dict(),
+            "init_from": self.init_source,
         }
         (path / "state.json").write_text(json.dumps(state, indent=1) + "\n")
         (self.checkpoint_root / "latest.json").write_text(json.dumps({"step": self.step, "dir": path.name}) + "\n")
@@ -240,13 +252,14 @@ class Trainer:
         from safetensors.torch import load_file
 
         path = Path(path)
-        if (path / "checkpoints" / "latest.json").is_file():
-            path = path / "checkpoints" / json.loads((path / "checkpoints" / "latest.json").read_text())["dir"]
         try:
+            if (path / "checkpoints" / "latest.json").is_file():
+                path = path / "checkpoints" / json.loads((path / "checkpoints" / "latest.json").read_text())["dir"]
             for name, module in (("generator", self.generator), ("discriminator", self.discriminator), ("identity_encoder", self.encoder)):
                 module.load_state_dict(load_file(str(path / f"{name}.safetensors"), device=str(self.device)))
-        except (OSError, RuntimeError, ValueError) as exc:
+        except _CHECKPOINT_ERRORS as exc:
             raise WeightsError(f"cannot start from {path}: {exc}") from exc
+        self.init_source = str(path)
         log.info("networks initialised from %s", path)
 
     def load_checkpoint(self, path: str | Path | None = None) -> int:
@@ -264,13 +277,14 @@ class Trainer:
                 module.load_state_dict(load_file(str(path / f"{name}.safetensors"), device=str(self.device)))
             tensors = load_file(str(path / "optimizers.safetensors"), device=str(self.device))
             state = json.loads((path / "state.json").read_text())
-        except (OSError, RuntimeError, ValueError, KeyError) as exc:
+        except _CHECKPOINT_ERRORS as exc:
             raise WeightsError(f"cannot resume from {path}: {exc}") from exc
         for prefix, opt in (("g", self.opt_g), ("d", self.opt_d), ("e", self.opt_e)):
             _restore_optimizer(opt, prefix, tensors, state["optimizers"][prefix])
         if self.use_amp and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
+        self.init_source = state.get("init_from")
         self._start_seconds = float(state.get("seconds", 0.0))
         log.info("resumed %s at step %d", path, self.step)
         return self.step
@@ -434,6 +448,8 @@ class Trainer:
             "data_faces": len(self.faces),
             "data_identities": self.faces.num_identities,
             "sampling": self.config.mode,
+            "donors": self.config.donors,
+            "init_from": self.init_source,
             "seed": self.config.seed,
             **(metadata or {}),
         }

@@ -335,7 +335,7 @@ class DeviceFrameRenderer:
         host.numpy()[...] = image
         frame = host.to(self.device, non_blocking=True).permute(2, 0, 1).float()
         matrices = np.stack([f.matrix for f in faces])
-        labels = torch.from_numpy(np.stack([f.labels for f in faces]).astype(np.int64)).to(self.device, non_blocking=True)
+        labels = torch.from_numpy(np.stack([f.labels for f in faces]).astype(np.uint8)).to(self.device, non_blocking=True).long()
         region = torch.from_numpy(np.stack([f.region_mask for f in faces])[:, None]).to(self.device, non_blocking=True) > 0.5
         identity_t = torch.from_numpy(np.ascontiguousarray(identity, np.float32)).to(self.device, non_blocking=True)
 
