@@ -163,9 +163,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     from train.trainer import TrainConfig, Trainer
 
-    from .models.generator import GeneratorConfig
-
     from .errors import InputError
+    from .models.generator import GeneratorConfig
 
     if args.resume and args.init_from:
         raise InputError("--resume continues this run's own checkpoint; --init-from starts a new run: pick one")
