@@ -12,7 +12,7 @@ from . import __version__
 from .bench import add_bench_parser
 from .build_engine import add_build_engine_parser
 from .cli_options import DEFAULTS as _DEFAULTS
-from .cli_options import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, HelpFormatter, add_job_options, options_from_args
+from .cli_options import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, HelpFormatter, add_job_options, options_from_args, run_handler
 from .config import AnonymizeOptions
 from .errors import SdganStreamError
 from .evaluate import add_evaluate_parser
@@ -201,17 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.WARNING if args.quiet else logging.DEBUG if args.verbose > 1 else logging.INFO)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    try:
-        return args.handler(args)
-    except SdganStreamError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_ERROR
-    except ValueError as error:  # invalid option values reach here from the options dataclass
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    return run_handler(args)
 
 
 if __name__ == "__main__":

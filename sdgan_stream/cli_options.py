@@ -10,7 +10,7 @@ import argparse
 from dataclasses import fields, replace
 from pathlib import Path
 
-from .config import METHODS, AnonymizeOptions, load_options_file, parse_size
+from .config import FRAME_PATHS, METHODS, AnonymizeOptions, load_options_file, parse_size
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULTS = AnonymizeOptions()
@@ -44,7 +44,7 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default=unset, help="generator bundle (.safetensors) for --method sdgan (default: the starter weights in the package)")
     parser.add_argument("--backend", default=unset, help=f"generator backend: auto, eager, compile, onnxruntime, tensorrt (default: {d.backend})")
     parser.add_argument("--device", default=unset, help=f"auto, cpu or cuda (default: {d.device})")
-    parser.add_argument("--frame-path", choices=("auto", "host", "device"), default=unset,
+    parser.add_argument("--frame-path", choices=FRAME_PATHS, default=unset,
                         help="where --method sdgan crops and pastes faces: auto = on the GPU when the generator runs on CUDA, "
                              "host = numpy/OpenCV (default: auto)")
     parser.add_argument("--seed", type=int, default=unset, help="fix the generated identities (default: new ones each run)")
@@ -58,3 +58,25 @@ def options_from_args(args: argparse.Namespace) -> AnonymizeOptions:
         options = replace(options, **load_options_file(args.config))
     given = {f.name: getattr(args, f.name) for f in fields(AnonymizeOptions) if hasattr(args, f.name)}
     return replace(options, **given)
+
+
+def run_handler(args: argparse.Namespace) -> int:
+    """Run a parsed sub-command with the exit codes every entry point shares: 1 for a clear error
+    (bad input, missing model), 2 for an invalid option value, 130 when interrupted. Messages pass
+    through credential redaction (an RTSP URL may carry a password)."""
+    import sys
+
+    from .errors import SdganStreamError
+    from .redact import redact_text
+
+    try:
+        return int(args.handler(args))
+    except SdganStreamError as error:
+        print(f"error: {redact_text(str(error))}", file=sys.stderr)
+        return EXIT_ERROR
+    except ValueError as error:  # invalid option values reach here from the options dataclass
+        print(f"error: {redact_text(str(error))}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

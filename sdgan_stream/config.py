@@ -10,9 +10,11 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["AnonymizeOptions", "METHODS", "load_options_file", "parse_size"]
+__all__ = ["AnonymizeOptions", "FRAME_PATHS", "METHODS", "load_options_file", "parse_size"]
 
 METHODS: tuple[str, ...] = ("sdgan", "solid", "pixelate", "blur")
+# Where the sdgan renderer crops and pastes faces: auto = on the GPU when the generator runs on CUDA.
+FRAME_PATHS: tuple[str, ...] = ("auto", "host", "device")
 
 
 def parse_size(text: str) -> tuple[int, int] | None:
@@ -26,6 +28,11 @@ def parse_size(text: str) -> tuple[int, int] | None:
     if width < 32 or height < 32:
         raise ValueError(f"size must be at least 32x32, got {text!r}")
     return width, height
+
+
+def check_frame_path(frame_path: str) -> None:
+    if frame_path not in FRAME_PATHS:
+        raise ValueError(f"frame path must be one of {', '.join(FRAME_PATHS)}, got {frame_path!r}")
 
 
 @dataclass(frozen=True)
@@ -64,8 +71,7 @@ class AnonymizeOptions:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
         if not 0.0 < self.low_threshold <= self.threshold:
             raise ValueError(f"low threshold must be in (0, threshold], got {self.low_threshold}")
-        if self.frame_path not in ("auto", "host", "device"):
-            raise ValueError(f"frame path must be auto, host or device, got {self.frame_path!r}")
+        check_frame_path(self.frame_path)
         if not 0 <= self.crf <= 51:
             raise ValueError(f"crf must be in 0..51, got {self.crf}")
 

@@ -58,7 +58,7 @@ class PreparedFace:
 
     face: Face
     matrix: np.ndarray  # (2, 3) float64, image -> crop
-    crop: np.ndarray  # (S, S, 3) uint8 aligned crop of the original
+    crop: np.ndarray | None  # (S, S, 3) uint8 aligned crop of the original (None: not cut, see prepare_faces)
     labels: np.ndarray  # (S, S) uint8 class ids (sdgan_stream.semantic.CLASS_NAMES)
     region_mask: np.ndarray  # (S, S) float32 in [0, 1]: 1 where the generator replaces the face
     landmarks68_crop: np.ndarray  # (68, 2) float32 in crop pixels
@@ -66,7 +66,7 @@ class PreparedFace:
 
     @property
     def size(self) -> int:
-        return int(self.crop.shape[0])
+        return int(self.labels.shape[0])
 
 
 @dataclass(frozen=True)
@@ -87,12 +87,13 @@ def region_mask_from_labels(labels: np.ndarray, landmarks68_crop: np.ndarray) ->
 
 
 def prepare_face_from_landmarks(
-    image: np.ndarray, face: Face, landmarks68: np.ndarray, *, size: int = 128, margin: float = DEFAULT_MARGIN
+    image: np.ndarray, face: Face, landmarks68: np.ndarray, *, size: int = 128, margin: float = DEFAULT_MARGIN,
+    with_crop: bool = True,
 ) -> PreparedFace:
     """Crop, map and region of one face whose 68 image landmarks are known."""
     points = np.asarray(landmarks68, np.float64)
     matrix = alignment_matrix(landmarks5_from_68(points), size, margin=margin)
-    crop = warp_to_crop(image, matrix, size)
+    crop = warp_to_crop(image, matrix, size) if with_crop else None
     crop_points = apply_matrix(points, matrix)
     labels = rasterize_semantic_map(crop_points, size)
     return PreparedFace(
@@ -113,8 +114,12 @@ def prepare_faces(
     landmarker: Landmarker | Callable[[np.ndarray, Sequence[Face]], list[np.ndarray | None]],
     size: int = 128,
     margin: float = DEFAULT_MARGIN,
+    with_crops: bool = True,
 ) -> list[PreparedFace | FaceFallback]:
-    """Prepare every face of one frame; one entry per face, in order."""
+    """Prepare every face of one frame; one entry per face, in order.
+
+    ``with_crops=False`` skips cutting the aligned crops on the host, for a caller that cuts them from
+    the frame on the GPU (:class:`~sdgan_stream.backends.gpu_warp.DeviceFrameRenderer`)."""
     if size < 16:
         raise ValueError(f"crop size must be at least 16 px, got {size}")
     if hasattr(landmarker, "fit"):
@@ -127,7 +132,7 @@ def prepare_faces(
             out.append(FaceFallback(face, fit.reason or "landmarks_failed"))
             continue
         try:
-            prepared = prepare_face_from_landmarks(image, face, fit.points, size=size, margin=margin)
+            prepared = prepare_face_from_landmarks(image, face, fit.points, size=size, margin=margin, with_crop=with_crops)
         except ValueError as error:  # degenerate geometry: cover it, never pass it through
             log.debug("face preparation failed: %s", error)
             out.append(FaceFallback(face, "landmarks_failed"))

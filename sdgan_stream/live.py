@@ -774,35 +774,7 @@ def _run_live_command(args: argparse.Namespace, *, preview: PreviewSink | None =
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """A parser with only ``live`` and ``rtsp`` (``python -m sdgan_stream.live``, until cli.py has them)."""
-    parser = argparse.ArgumentParser(prog="python -m sdgan_stream.live", description="sdgan-stream live modes")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    add_live_parser(subparsers)
-    add_rtsp_parser(subparsers)
-    return parser
+if __name__ == "__main__":  # ``python -m sdgan_stream.live`` = ``sdgan-stream``
+    from .cli import main
 
-
-def main(argv: list[str] | None = None) -> int:
-    from .cli_options import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE
-    from .errors import SdganStreamError
-
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2), format="%(levelname)s %(name)s: %(message)s")
-    install_log_redaction()
-    try:
-        return args.handler(args)
-    except SdganStreamError as error:
-        print(f"error: {redact_text(str(error))}", file=sys.stderr)
-        return EXIT_ERROR
-    except ValueError as error:
-        print(f"error: {redact_text(str(error))}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-
-
-if __name__ == "__main__":
     sys.exit(main())

@@ -25,6 +25,7 @@ import numpy as np
 from .align import apply_matrix
 from .anonymize import CoverRenderer, FaceOutcome
 from .blend import paste_back
+from .config import check_frame_path
 from .faceprep import FaceFallback, PreparedFace, masked_input, prepare_faces, region_mask_from_labels
 from .semantic import one_hot, rasterize_semantic_map
 from .types import Face
@@ -74,8 +75,7 @@ def use_device_frames(backend: GeneratorBackend, frame_path: FramePath) -> bool:
     On CPU the host path is the faster one (OpenCV's warps beat ``grid_sample`` there), so ``auto``
     keeps it; ``device`` on CPU exists to test the GPU path's logic where no GPU is.
     """
-    if frame_path not in ("auto", "host", "device"):
-        raise ValueError(f"frame path must be auto, host or device, got {frame_path!r}")
+    check_frame_path(frame_path)
     return frame_path == "device" or (frame_path == "auto" and backend.device == "cuda")
 
 
@@ -145,7 +145,8 @@ class SdganRenderer:
     def render(self, image: np.ndarray, faces: Sequence[Face]) -> list[FaceOutcome]:
         outcomes: list[FaceOutcome] = []
         ready: list[PreparedFace] = []
-        for item in prepare_faces(image, faces, landmarker=self.landmarker, size=self.config.image_size):
+        for item in prepare_faces(image, faces, landmarker=self.landmarker, size=self.config.image_size,
+                                  with_crops=self._device_frames is None):
             if isinstance(item, FaceFallback):
                 outcomes.append(self._cover(image, item.face, item.reason))
             elif centre_coverage(item) < MIN_CENTRE_COVERAGE:

@@ -243,7 +243,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Standalone entry point: ``python -m sdgan_stream.training_cli {prepare-data,train} ...``."""
-    from .errors import SdganStreamError
+    from .cli_options import run_handler
 
     parser = argparse.ArgumentParser(prog="sdgan-stream")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -252,11 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     add_train_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return int(args.handler(args))
-    except SdganStreamError as error:
-        print(f"sdgan-stream: error: {error}", file=sys.stderr)
-        return 1
+    return run_handler(args)
 
 
 if __name__ == "__main__":

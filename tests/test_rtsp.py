@@ -287,9 +287,9 @@ def test_rtsp_filter_covers_every_face_and_survives_an_input_restart(servers: tu
 
 
 def _start_cli(argv: list[str]) -> tuple[subprocess.Popen, list[str]]:
-    """``python -m sdgan_stream.live ...`` with stderr collected line by line on a thread."""
+    """``python -m sdgan_stream.cli ...`` (the ``sdgan-stream`` command) with stderr collected line by line on a thread."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    process = subprocess.Popen([sys.executable, "-m", "sdgan_stream.live", *argv], cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    process = subprocess.Popen([sys.executable, "-m", "sdgan_stream.cli", *argv], cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
     lines: list[str] = []
 
     def collect() -> None:
