@@ -48,6 +48,20 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
                         help="where --method sdgan crops and pastes faces: auto = on the GPU when the generator runs on CUDA, "
                              "host = numpy/OpenCV (default: auto)")
     parser.add_argument("--seed", type=int, default=unset, help="fix the generated identities (default: new ones each run)")
+    guard = parser.add_argument_group("identity guard (--method sdgan)")
+    guard.add_argument("--no-identity-guard", action="store_false", dest="identity_guard", default=unset,
+                       help="use generated faces without checking that they are someone else (not recommended)")
+    guard.add_argument("--recognizer", choices=("dlib", "insightface"), default=unset,
+                       help=f"face recognizer of the guard (default: {d.recognizer}); insightface needs its package and a model pack")
+    guard.add_argument("--recognizer-model", default=unset, metavar="PATH",
+                       help="ArcFace .onnx file or insightface model pack for the guard (implies --recognizer insightface)")
+    guard.add_argument("--guard-candidates", type=int, default=unset, metavar="K",
+                       help=f"identities generated and compared per decision (default: {d.guard_candidates})")
+    guard.add_argument("--min-identity-distance", type=float, default=unset, metavar="D",
+                       help="distance a generated face must keep from the person it replaces, on the recognizer's scale "
+                            "(default: the recognizer's margin, dlib 0.70)")
+    guard.add_argument("--guard-recheck", type=int, default=unset, metavar="N",
+                       help=f"frames between re-verifications of a track's identity (default: {d.guard_recheck})")
     parser.add_argument("--config", type=Path, default=None, help="TOML file with options; flags override it")
 
 

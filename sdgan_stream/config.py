@@ -61,6 +61,14 @@ class AnonymizeOptions:
     detector_provider: str | None = None  # onnxruntime execution provider for the detector
     batch_size: int = 16  # most faces per generator call
     seed: int | None = None  # fixes the fake identities (tests, reproducible demos)
+    # Identity guard (method sdgan): a generated face is used only once a recognizer puts it at least
+    # min_identity_distance from the person it replaces; otherwise that face is covered.
+    identity_guard: bool = True
+    recognizer: str = "dlib"  # dlib | insightface (needs the insightface package and a model pack)
+    recognizer_model: str | None = None  # an ArcFace .onnx file or insightface pack (implies insightface)
+    guard_candidates: int = 6  # identities generated and compared per decision
+    min_identity_distance: float | None = None  # None: the recognizer's default margin (dlib 0.70)
+    guard_recheck: int = 30  # frames between re-verifications of a track's identity
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -72,6 +80,10 @@ class AnonymizeOptions:
         if not 0.0 < self.low_threshold <= self.threshold:
             raise ValueError(f"low threshold must be in (0, threshold], got {self.low_threshold}")
         check_frame_path(self.frame_path)
+        if self.recognizer not in ("dlib", "insightface"):
+            raise ValueError(f"recognizer must be dlib or insightface, got {self.recognizer!r}")
+        if self.guard_candidates < 1 or self.guard_recheck < 1:
+            raise ValueError("guard candidates and recheck interval must be at least 1")
         if not 0 <= self.crf <= 51:
             raise ValueError(f"crf must be in 0..51, got {self.crf}")
 

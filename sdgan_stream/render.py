@@ -32,6 +32,7 @@ from .types import Face
 
 if TYPE_CHECKING:
     from .backends import GeneratorBackend
+    from .identity_guard import IdentityGuard
     from .config import AnonymizeOptions
     from .landmarks import LandmarkDetector
     from .models.generator import GeneratorConfig
@@ -95,20 +96,22 @@ class SdganRenderer:
         temporal_smoothing: float = 0.5,
         reshape_strength: float = 3.5,
         frame_path: FramePath = "auto",
+        guard: IdentityGuard | None = None,
     ) -> None:
         if not 0.0 <= temporal_smoothing < 1.0:
             raise ValueError(f"temporal smoothing must be in [0, 1), got {temporal_smoothing}")
         self.backend = backend
         self.temporal_smoothing = temporal_smoothing
         self.reshape_strength = reshape_strength
-        # track id -> last generated crop (float, aligned): small landmark jitter between frames makes
+        # (track id, identity seed) -> last generated crop (float, aligned): small landmark jitter between frames makes
         # the raw generator output flicker; a running average per track steadies the face. Holds only
         # the tracks drawn by the previous call, so it cannot grow on long streams.
-        self._previous: dict[int, np.ndarray] = {}
+        self._previous: dict[tuple[int, int], np.ndarray] = {}
         self.config = config
         self.landmarker = landmarker
         self.fallback = fallback
         self.batch_size = batch_size
+        self.guard = guard
         self.last_generated: list[tuple[PreparedFace, np.ndarray]] = []  # for `inspect`: crops of the last call
         self._device_frames: Any = None
         if use_device_frames(backend, frame_path):
@@ -133,6 +136,18 @@ class SdganRenderer:
             weights_id=str(metadata.get("weights_sha256", "")),
         )
         log.info("generator backend: %s on %s (%s)", backend.name, backend.device, backend.precision)
+        guard = None
+        if options.identity_guard:
+            from .identity_guard import GuardConfig, IdentityGuard, load_recognizer
+
+            recognizer = load_recognizer(options.recognizer, options.recognizer_model)
+            guard = IdentityGuard(recognizer, GuardConfig(candidates=options.guard_candidates,
+                                                          min_distance=options.min_identity_distance,
+                                                          recheck_every=options.guard_recheck))
+            log.info("identity guard: %s recognizer, %d candidates, margin %.2f, re-check every %d frames",
+                     recognizer.name, options.guard_candidates, guard.min_distance, options.guard_recheck)
+        else:
+            log.warning("identity guard off: generated faces are not checked against the people they replace")
         return cls(
             backend=backend,
             config=config,
@@ -140,21 +155,27 @@ class SdganRenderer:
             fallback=CoverRenderer(method=options.fallback, margin=options.cover_margin),  # type: ignore[arg-type]
             batch_size=options.batch_size,
             frame_path=options.frame_path,  # type: ignore[arg-type]
+            guard=guard,
         )
 
     def render(self, image: np.ndarray, faces: Sequence[Face]) -> list[FaceOutcome]:
         outcomes: list[FaceOutcome] = []
-        ready: list[PreparedFace] = []
+        candidates: list[PreparedFace] = []
         for item in prepare_faces(image, faces, landmarker=self.landmarker, size=self.config.image_size,
-                                  with_crops=self._device_frames is None):
+                                  with_crops=self._device_frames is None or self.guard is not None):
             if isinstance(item, FaceFallback):
                 outcomes.append(self._cover(image, item.face, item.reason))
             elif centre_coverage(item) < MIN_CENTRE_COVERAGE:
                 outcomes.append(self._cover(image, item.face, "region_misses_face"))
             else:
-                ready.append(self._reshaped(item))
+                candidates.append(item)
+        if self.guard is not None:
+            candidates, refused = self._guarded(image, candidates)
+            outcomes += [self._cover(image, face, "identity_guard") for face in refused]
+        # The generator sees each face with its (guard-chosen) identity seed; outcomes name the faces as given.
+        ready = [self._reshaped(prepared) for prepared in candidates]
         self.last_generated = []
-        current: dict[int, np.ndarray] = {}
+        current: dict[tuple[int, int], np.ndarray] = {}
         if self._device_frames is not None:
             if ready:  # one upload and one download for the whole frame; the backend splits the batch itself
                 generated = self._device_frames.render(image, ready, self._identity(ready),
@@ -167,9 +188,78 @@ class SdganRenderer:
                 for prepared, crop in zip(chunk, crops):
                     paste_back(image, crop, prepared)
                     self.last_generated.append((prepared, crop))
-        outcomes.extend(FaceOutcome(prepared.face, self.name) for prepared in ready)
+        outcomes.extend(FaceOutcome(prepared.face.extra.get("original", prepared.face), self.name) for prepared in ready)
         self._previous = current
         return outcomes
+
+    # -- identity guard ---------------------------------------------------------------------------
+    def _guarded(self, image: np.ndarray, faces: list[PreparedFace]) -> tuple[list[PreparedFace], list[Face]]:
+        """The faces whose identity the guard verified (each carrying its chosen seed), and the faces it
+        refused. Any failure of the recognizer refuses the faces it was deciding (fail closed)."""
+        guard = self.guard
+        assert guard is not None
+        guard.start_frame()
+        kept: list[PreparedFace] = []
+        refused: list[Face] = []
+        to_verify: list[tuple[int, PreparedFace]] = []
+        to_draw: list[tuple[int, PreparedFace]] = []
+        for index, prepared in enumerate(faces):
+            key = prepared.face.track_id if prepared.face.track_id is not None else -1 - index  # untracked: one frame
+            try:
+                new_view = guard.observe(key, prepared.crop, prepared.landmarks68_crop, prepared.face.width)
+                decision = guard.decide(key, prepared.face.width, prepared.landmarks68_crop, new_view=new_view)
+            except Exception:  # a recognizer failure: this face cannot be verified, so it is covered
+                log.exception("identity guard failed on a face: covering it")
+                refused.append(prepared.face)
+                continue
+            if decision.action == "cover":
+                refused.append(prepared.face)
+            elif decision.action == "draw":
+                to_draw.append((key, prepared))
+            else:
+                chosen = _with_seed(prepared, decision.seed)
+                if decision.action == "verify":
+                    to_verify.append((key, chosen))
+                else:
+                    kept.append(chosen)
+        if to_verify:
+            crops = self.generate_crops([self._reshaped(p) for _, p in to_verify])
+            for (key, prepared), crop in zip(to_verify, crops):
+                points = self._reshaped_points(prepared)
+                try:
+                    passed = guard.verify(key, crop, points)
+                except Exception:
+                    log.exception("identity guard failed to verify a face: covering it")
+                    refused.append(_original(prepared))
+                    continue
+                if passed:
+                    kept.append(prepared)
+                else:  # the kept identity drifted towards the person: draw a new one now
+                    to_draw.append((key, _with_seed(prepared, None)))
+        for key, prepared in to_draw:
+            chosen = self._draw(key, prepared)
+            if chosen is None:
+                refused.append(_original(prepared))
+            else:
+                kept.append(chosen)
+        for key in range(-len(faces), 0):  # untracked faces have no tomorrow
+            guard.forget(key)
+        return kept, refused
+
+    def _draw(self, key: int, prepared: PreparedFace) -> PreparedFace | None:
+        """Generate the guard's candidate identities for one face and keep the one it accepts, if any."""
+        guard = self.guard
+        assert guard is not None
+        seeds = guard.candidates(key, _original(prepared).identity_seed)
+        options = [_with_seed(prepared, seed) for seed in seeds]
+        crops = np.concatenate([self.generate_crops([self._reshaped(p) for p in options[i : i + self.batch_size]])
+                                for i in range(0, len(options), self.batch_size)])
+        try:
+            seed = guard.choose(key, seeds, list(crops), [self._reshaped_points(p) for p in options])
+        except Exception:
+            log.exception("identity guard failed to choose an identity: covering the face")
+            return None
+        return None if seed is None else _with_seed(prepared, seed)
 
     def generate_crops(self, faces: list[PreparedFace], *, smoothed_into: dict[int, np.ndarray] | None = None) -> np.ndarray:
         """One generator call for ``faces``: composited (S, S, 3) uint8 crops (also used by ``inspect``).
@@ -203,7 +293,7 @@ class SdganRenderer:
         rows = []
         for index, prepared in enumerate(faces):
             row = raw[index]
-            previous = self._previous.get(prepared.face.track_id) if prepared.face.track_id is not None else None
+            previous = self._previous.get(_smoothing_key(prepared)) if prepared.face.track_id is not None else None
             if previous is not None and self.temporal_smoothing > 0:
                 row = self.temporal_smoothing * previous + (1 - self.temporal_smoothing) * row
             rows.append(row)
@@ -215,21 +305,27 @@ class SdganRenderer:
             smoothed = torch.stack(rows) if rows else raw.clone()
         for index, prepared in enumerate(faces):
             if prepared.face.track_id is not None:
-                current[prepared.face.track_id] = smoothed[index]
+                current[_smoothing_key(prepared)] = smoothed[index]
         return smoothed
 
-    def _reshaped(self, prepared: PreparedFace) -> PreparedFace:
-        """The face's map redrawn from landmarks moved by its identity code (jaw, chin, eyes, brows,
-        nose, mouth), because face shape carries identity too. On the starter weights and a 720p clip of
-        the two training people, strength 3.5 cut the faces dlib still matched from 15% (2.5) to 2%, at a
-        median landmark error of 0.083 inter-ocular distances (0.064 at 2.5; the budget is 0.10).
-        The replaced region is the union of the new and the original one, so coverage never shrinks."""
+    def _reshaped_points(self, prepared: PreparedFace) -> np.ndarray:
+        """The face's 68 crop landmarks moved by its identity code (jaw, chin, eyes, brows, nose, mouth)."""
         if self.reshape_strength <= 0:
-            return prepared
+            return prepared.landmarks68_crop
         from .models.identity import identity_code, reshape_landmarks
 
         code = identity_code(prepared.face.identity_seed, self.config.identity_dim)
-        points = reshape_landmarks(prepared.landmarks68_crop, code, strength=self.reshape_strength).astype(np.float32)
+        return reshape_landmarks(prepared.landmarks68_crop, code, strength=self.reshape_strength).astype(np.float32)
+
+    def _reshaped(self, prepared: PreparedFace) -> PreparedFace:
+        """The face's map redrawn from its reshaped landmarks, because face shape carries identity too. On
+        the starter weights and a 720p clip of the two training people, strength 3.5 cut the faces dlib
+        still matched from 15% (2.5) to 2%, at a median landmark error of 0.083 inter-ocular distances
+        (0.064 at 2.5; the budget is 0.10). The replaced region is the union of the new and the original
+        one, so coverage never shrinks."""
+        if self.reshape_strength <= 0:
+            return prepared
+        points = self._reshaped_points(prepared)
         labels = rasterize_semantic_map(points, prepared.size)
         region = np.maximum(prepared.region_mask, region_mask_from_labels(labels, points))
         return dataclasses.replace(prepared, labels=labels, region_mask=region)
@@ -237,3 +333,22 @@ class SdganRenderer:
     def _cover(self, image: np.ndarray, face: Face, reason: str) -> FaceOutcome:
         outcome = self.fallback.render(image, [face])[0]
         return FaceOutcome(face, outcome.method, reason)
+
+
+def _original(prepared: PreparedFace) -> Face:
+    """The face as the caller handed it in (outcomes must name the same object)."""
+    return prepared.face.extra.get("original", prepared.face)
+
+
+def _with_seed(prepared: PreparedFace, seed: int | None) -> PreparedFace:
+    """``prepared`` drawing identity ``seed`` (None: the caller's own seed); remembers the original face."""
+    original = _original(prepared)
+    if seed is None:
+        return dataclasses.replace(prepared, face=original)
+    face = dataclasses.replace(original, identity_seed=int(seed), extra={**original.extra, "original": original})
+    return dataclasses.replace(prepared, face=face)
+
+
+def _smoothing_key(prepared: PreparedFace) -> tuple[int, int]:
+    """Temporal smoothing runs per track and identity: a new identity starts without the old one's ghost."""
+    return (int(prepared.face.track_id), int(prepared.face.identity_seed))  # type: ignore[arg-type]

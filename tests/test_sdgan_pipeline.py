@@ -129,9 +129,9 @@ def test_temporal_smoothing_steadies_a_tracked_face_and_forgets_ended_tracks(ren
         first, second = image.copy(), image.copy()
         steady.render(first, [Face(box=box, score=0.9, landmarks=landmarks, track_id=1, identity_seed=4)])
         steady.render(second, [Face(box=box + 1.0, score=0.9, landmarks=landmarks + jitter, track_id=1, identity_seed=4)])
-        assert set(steady._previous) == {1}
+        assert {track for track, _ in steady._previous} == {1}
         steady.render(image.copy(), [Face(box=box, score=0.9, landmarks=landmarks, track_id=2, identity_seed=4)])
-        assert set(steady._previous) == {2}  # track 1 ended: its crop is gone
+        assert {track for track, _ in steady._previous} == {2}  # track 1 ended: its crop is gone
         x1, y1, x2, y2 = box.astype(int)
         return float(np.abs(first[y1:y2, x1:x2].astype(int) - second[y1:y2, x1:x2].astype(int)).mean())
 

@@ -248,14 +248,20 @@ class Trainer:
 
     def init_from(self, path: str | Path) -> None:
         """Start this run from another run's networks (fine-tuning): weights only, at step 0, with fresh
-        optimizers. ``path`` is a checkpoint folder or a run folder (its latest checkpoint)."""
+        optimizers. ``path`` is a checkpoint folder, a run folder (its latest checkpoint), or an exported
+        generator bundle (``generator.safetensors`` alone: discriminator and encoder start fresh)."""
         from safetensors.torch import load_file
 
         path = Path(path)
         try:
             if (path / "checkpoints" / "latest.json").is_file():
                 path = path / "checkpoints" / json.loads((path / "checkpoints" / "latest.json").read_text())["dir"]
-            for name, module in (("generator", self.generator), ("discriminator", self.discriminator), ("identity_encoder", self.encoder)):
+            networks = [("generator", self.generator), ("discriminator", self.discriminator), ("identity_encoder", self.encoder)]
+            if not (path / "discriminator.safetensors").exists():
+                log.info("%s holds a generator only: discriminator and identity encoder start fresh", path)
+                networks = networks[:1]
+            for name, module in networks:
+                # load_state_dict copies into the module's own dtype (a bundle stores float16)
                 module.load_state_dict(load_file(str(path / f"{name}.safetensors"), device=str(self.device)))
         except _CHECKPOINT_ERRORS as exc:
             raise WeightsError(f"cannot start from {path}: {exc}") from exc

@@ -1,0 +1,258 @@
+"""The identity guard: generated faces are kept only when a recognizer says they are someone else."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sdgan_stream.anonymize import CoverRenderer, FrameAnonymizer
+from sdgan_stream.config import AnonymizeOptions
+from sdgan_stream.errors import WeightsError
+from sdgan_stream.identity_guard import (
+    ArcFaceRecognizer,
+    DlibRecognizer,
+    GuardConfig,
+    IdentityGuard,
+    candidate_seed,
+    load_recognizer,
+)
+from sdgan_stream.render import SdganRenderer
+from sdgan_stream.samples import face_photos
+from sdgan_stream.types import Detections, Face, VideoFrame
+
+
+class FakeRecognizer:
+    """Embeds a face by the mean colour of its chip centre; distances are Euclidean / 100.
+
+    ``same=True`` makes every face the same person (distance 0): nothing can pass the guard.
+    """
+
+    name = "fake"
+    same_person_distance = 0.3
+    default_min_distance = 0.4
+
+    def __init__(self, *, same: bool = False, fail: bool = False) -> None:
+        self.same, self.fail, self.calls = same, fail, 0
+
+    def embed(self, image: np.ndarray, landmarks68: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        if self.fail:
+            raise RuntimeError("recognizer crashed")
+        out = []
+        for points in np.asarray(landmarks68).reshape(-1, 68, 2):
+            x1, y1 = points.min(0).astype(int)
+            x2, y2 = points.max(0).astype(int)
+            out.append(image[max(y1, 0) : y2, max(x1, 0) : x2].reshape(-1, 3).mean(0))
+        return np.zeros((len(out), 3), np.float32) if self.same else np.asarray(out, np.float32)
+
+    def distances(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.linalg.norm(a[:, None] - b[None], axis=2) / 100.0
+
+
+def _points(offset: float = 0.0) -> np.ndarray:
+    grid = np.stack(np.meshgrid(np.linspace(30, 98, 17), np.linspace(40, 100, 4)), -1).reshape(-1, 2)[:68]
+    return (grid + offset).astype(np.float32)
+
+
+def _crop(value: int) -> np.ndarray:
+    rng = np.random.default_rng(value)
+    return np.clip(value + rng.normal(0, 20, (128, 128, 3)), 0, 255).astype(np.uint8)
+
+
+# -- the guard's state machine, with a recognizer whose verdicts we control ----------------------------------
+def test_the_farthest_candidate_is_kept_when_it_clears_the_margin() -> None:
+    guard = IdentityGuard(FakeRecognizer(), GuardConfig(candidates=3, min_distance=0.5))
+    guard.start_frame()
+    guard.observe(1, _crop(100), _points(), 120.0)
+    assert guard.decide(1, 120.0, _points()).action == "draw"
+    seeds = guard.candidates(1, identity_seed=7)
+    assert len(set(seeds)) == 3
+    chosen = guard.choose(1, seeds, [_crop(110), _crop(200), _crop(130)], [_points()] * 3)
+    assert chosen == seeds[1]  # 100 grey levels away: distance 1.0 >= 0.5
+    assert guard.decide(1, 120.0, _points()).action == "keep"
+
+
+def test_a_track_with_no_passing_candidate_is_covered_then_retried() -> None:
+    guard = IdentityGuard(FakeRecognizer(), GuardConfig(candidates=2, min_distance=0.5, retry_after=3))
+    guard.start_frame()
+    guard.observe(1, _crop(100), _points(), 120.0)
+    assert guard.decide(1, 120.0, _points()).action == "draw"
+    seeds = guard.candidates(1, identity_seed=7)
+    assert guard.choose(1, seeds, [_crop(105), _crop(95)], [_points()] * 2) is None
+    actions = []
+    for _ in range(3):
+        guard.start_frame()
+        actions.append(guard.decide(1, 120.0, _points()).action)
+    assert actions == ["cover", "cover", "draw"]
+    assert guard.candidates(1, identity_seed=7) != seeds  # a retry draws new identities
+    assert guard.counts["failed_draws"] == 1
+
+
+def test_a_kept_identity_is_rechecked_and_redrawn_when_it_drifts_to_the_person() -> None:
+    guard = IdentityGuard(FakeRecognizer(), GuardConfig(candidates=1, min_distance=0.5, recheck_every=5))
+    guard.start_frame()
+    guard.observe(1, _crop(100), _points(), 120.0)
+    guard.decide(1, 120.0, _points())
+    seed = guard.choose(1, guard.candidates(1, 3), [_crop(220)], [_points()])
+    assert seed is not None
+    actions = []
+    for _ in range(5):
+        guard.start_frame()
+        actions.append(guard.decide(1, 120.0, _points()).action)
+    assert actions == ["keep"] * 4 + ["verify"]
+    assert guard.verify(1, _crop(220), _points())
+    assert not guard.verify(1, _crop(101), _points())  # now looks like the person
+    assert guard.decide(1, 120.0, _points()).action == "draw"
+
+
+def test_a_large_change_of_size_or_a_clearly_better_view_triggers_a_check() -> None:
+    guard = IdentityGuard(FakeRecognizer(), GuardConfig(candidates=1, min_distance=0.5, recheck_every=1000))
+    guard.start_frame()
+    guard.observe(1, _crop(100), _points(), 40.0)
+    guard.decide(1, 40.0, _points())
+    guard.choose(1, guard.candidates(1, 3), [_crop(220)], [_points()])
+    guard.start_frame()
+    assert guard.decide(1, 45.0, _points()).action == "keep"
+    assert guard.decide(1, 90.0, _points()).action == "verify"  # more than 1.5x larger
+    new_view = guard.observe(1, _crop(100), _points(), 150.0)  # a much larger, so better, view of the person
+    assert new_view and guard.decide(1, 45.0, _points(), new_view=new_view).action == "verify"
+
+
+def test_state_is_dropped_when_a_track_is_gone_and_seeds_are_deterministic() -> None:
+    guard = IdentityGuard(FakeRecognizer(), GuardConfig(forget_after=3))
+    guard.start_frame()
+    guard.observe(1, _crop(100), _points(), 120.0)
+    for _ in range(4):
+        guard.start_frame()
+    assert guard.tracks == 0
+    assert candidate_seed(5, 0, 1) == candidate_seed(5, 0, 1) != candidate_seed(5, 0, 2)
+
+
+# -- in the renderer: what the guard refuses is covered, never passed through ---------------------------------
+@pytest.fixture(scope="module")
+def plain_renderer() -> SdganRenderer:
+    return SdganRenderer.from_options(AnonymizeOptions(backend="eager", device="cpu", identity_guard=False))
+
+
+def _renderer_with(base: SdganRenderer, recognizer, **config) -> SdganRenderer:
+    return SdganRenderer(backend=base.backend, config=base.config, landmarker=base.landmarker, fallback=CoverRenderer(),
+                         guard=IdentityGuard(recognizer, GuardConfig(**config)))
+
+
+def _photo_face() -> tuple[np.ndarray, Face]:
+    from sdgan_stream.detect import CenterFaceDetector
+
+    photo = face_photos()[0]
+    found = CenterFaceDetector(threshold=0.4, detect_size=None).detect(photo.image)
+    return photo.image.copy(), Face(box=found.boxes[0], score=0.9, landmarks=found.landmarks[0], track_id=1, identity_seed=5)
+
+
+@pytest.mark.parametrize("recognizer", [FakeRecognizer(same=True), FakeRecognizer(fail=True)], ids=["no_candidate_passes", "recognizer_fails"])
+def test_a_face_the_guard_cannot_verify_is_covered(plain_renderer: SdganRenderer, recognizer: FakeRecognizer) -> None:
+    image, face = _photo_face()
+
+    class Detector:
+        def detect(self, _image):
+            return Detections(boxes=face.box[None], scores=np.array([0.9], np.float32), landmarks=face.landmarks[None])
+
+    renderer = _renderer_with(plain_renderer, recognizer, candidates=2)
+    anonymizer = FrameAnonymizer(detector=Detector(), renderer=renderer)
+    out = anonymizer.push(VideoFrame(image=image.copy(), index=0, pts=0, time_base=None))[0]
+    x1, y1, x2, y2 = face.box.astype(int)
+    assert (out.image[y1 + 8 : y2 - 8, x1 + 8 : x2 - 8] == 0).all()  # the solid cover, not the face
+    assert anonymizer.stats["fallback_identity_guard"] == 1 and anonymizer.stats.get("faces_sdgan", 0) == 0
+
+
+def test_a_verified_identity_is_generated_and_kept_across_frames(plain_renderer: SdganRenderer) -> None:
+    image, face = _photo_face()
+    recognizer = FakeRecognizer()
+    renderer = _renderer_with(plain_renderer, recognizer, candidates=4, min_distance=0.05, recheck_every=100)
+    first, second = image.copy(), image.copy()
+    assert [o.method for o in renderer.render(first, [face])] == ["sdgan"]
+    calls_after_first = recognizer.calls
+    assert [o.method for o in renderer.render(second, [face])] == ["sdgan"]
+    assert recognizer.calls == calls_after_first  # the kept identity costs no recognizer call until its re-check
+    assert renderer.guard.counts["draws"] == 1
+    x1, y1, x2, y2 = face.box.astype(int)
+    assert np.abs(first[y1:y2, x1:x2].astype(int) - image[y1:y2, x1:x2]).mean() > 10  # replaced
+    assert np.abs(first[y1:y2, x1:x2].astype(int) - second[y1:y2, x1:x2]).mean() < 2  # the same identity
+
+
+def test_dlib_guard_keeps_a_face_farther_than_its_margin(plain_renderer: SdganRenderer) -> None:
+    image, face = _photo_face()
+    renderer = _renderer_with(plain_renderer, DlibRecognizer(), candidates=4, min_distance=0.62)
+    canvas = image.copy()
+    outcome = renderer.render(canvas, [face])[0]
+    distance = renderer.guard.distance_of(1)
+    if outcome.method == "sdgan":
+        assert distance >= 0.62
+        # the guard's verdict, checked again on the pasted frame (full resolution, the frame's own landmarks)
+        from sdgan_stream.recognizer import FaceRecognizer
+
+        judge = FaceRecognizer()
+        before = judge.embed(image, judge.shape(image, face.box))
+        after = judge.embed(canvas, judge.shape(canvas, face.box))
+        assert np.linalg.norm(after - before) >= 0.6
+    else:
+        assert outcome.reason == "identity_guard" and distance < 0.62
+
+
+# -- recognizers ------------------------------------------------------------------------------------------------
+def _tiny_arcface(path: Path) -> Path:
+    """An ONNX model shaped like insightface's ArcFace (1x3x112x112 -> 512): real plumbing, meaningless features."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+
+    class Tiny(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 8, stride=8)
+            self.fc = torch.nn.Linear(8 * 14 * 14, 512)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(torch.relu(self.conv(x)), 1))
+
+    torch.manual_seed(0)
+    torch.onnx.export(Tiny(), torch.zeros(1, 3, 112, 112), str(path), input_names=["data"], output_names=["fc1"],
+                      dynamic_axes={"data": {0: "batch"}, "fc1": {0: "batch"}}, opset_version=17, dynamo=False)
+    return path
+
+
+def test_arcface_recognizer_loads_through_insightface_and_embeds(tmp_path: Path) -> None:
+    pytest.importorskip("insightface")
+    recognizer = ArcFaceRecognizer(_tiny_arcface(tmp_path / "w600k_r50.onnx"))
+    image, face = _photo_face()
+    from sdgan_stream.landmarks import LandmarkDetector
+
+    points = LandmarkDetector()(image, [face])[0]
+    embeddings = recognizer.embed(image, np.stack([points, points + 3.0]))
+    assert embeddings.shape == (2, 512)
+    assert np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-4)
+    assert recognizer.distances(embeddings, embeddings)[0, 0] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_a_missing_or_corrupt_recognizer_model_is_a_clear_error(tmp_path: Path) -> None:
+    pytest.importorskip("insightface")
+    with pytest.raises(WeightsError, match="not found"):
+        load_recognizer("insightface", tmp_path / "nope.onnx")
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"not an onnx file")
+    with pytest.raises(WeightsError, match="cannot load"):
+        load_recognizer("insightface", corrupt)
+
+
+def test_cli_rejects_a_bad_recognizer_model_before_writing_anything(tmp_path: Path, face_clip) -> None:
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"junk")
+    out = tmp_path / "out.mp4"
+    done = subprocess.run([sys.executable, "-m", "sdgan_stream.cli", "anonymize", str(face_clip.path), "-o", str(out),
+                           "--method", "sdgan", "--recognizer-model", str(corrupt), "--no-progress"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and ("insightface" in errors[0] or "corrupt.onnx" in errors[0])
+    assert not out.exists()
