@@ -60,6 +60,9 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
     guard.add_argument("--min-identity-distance", type=float, default=unset, metavar="D",
                        help="distance a generated face must keep from the person it replaces, on the recognizer's scale "
                             "(default: the recognizer's margin, dlib 0.70)")
+    guard.add_argument("--guard-pick", choices=("farthest", "faithful"), default=unset,
+                       help="which passing identity to keep: the farthest from the person, or the one that keeps the "
+                            f"original's landmarks best (default: {d.guard_pick})")
     guard.add_argument("--guard-recheck", type=int, default=unset, metavar="N",
                        help=f"frames between re-verifications of a track's identity (default: {d.guard_recheck})")
     parser.add_argument("--config", type=Path, default=None, help="TOML file with options; flags override it")

@@ -69,6 +69,7 @@ class AnonymizeOptions:
     guard_candidates: int = 6  # identities generated and compared per decision
     min_identity_distance: float | None = None  # None: the recognizer's default margin (dlib 0.70)
     guard_recheck: int = 30  # frames between re-verifications of a track's identity
+    guard_pick: str = "farthest"  # farthest (privacy first) | faithful (expression first, past the margin)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -82,6 +83,8 @@ class AnonymizeOptions:
         check_frame_path(self.frame_path)
         if self.recognizer not in ("dlib", "insightface"):
             raise ValueError(f"recognizer must be dlib or insightface, got {self.recognizer!r}")
+        if self.guard_pick not in ("farthest", "faithful"):
+            raise ValueError(f"guard pick must be farthest or faithful, got {self.guard_pick!r}")
         if self.guard_candidates < 1 or self.guard_recheck < 1:
             raise ValueError("guard candidates and recheck interval must be at least 1")
         if not 0 <= self.crf <= 51:

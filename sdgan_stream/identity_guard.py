@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "ArcFaceRecognizer",
     "DlibRecognizer",
+    "GUARD_PICKS",
     "GuardConfig",
     "IdentityGuard",
     "RECOGNIZERS",
@@ -47,6 +48,7 @@ __all__ = [
 ]
 
 RECOGNIZERS: tuple[str, ...] = ("dlib", "insightface")
+GUARD_PICKS: tuple[str, ...] = ("farthest", "faithful")
 
 
 class Recognizer(Protocol):
@@ -179,8 +181,13 @@ class GuardConfig:
     retry_after: int = 10  # frames a failed track stays covered before it draws again
     views: int = 3  # best original views kept per track
     forget_after: int = 150  # frames without the track before its state is dropped
+    # Which passing candidate is kept: "farthest" from the person (privacy first), or "faithful", the one
+    # whose face keeps the original's landmarks best (expression and pose first, still past the margin).
+    pick: str = "farthest"
 
     def __post_init__(self) -> None:
+        if self.pick not in GUARD_PICKS:
+            raise ValueError(f"guard pick must be one of {', '.join(GUARD_PICKS)}, got {self.pick!r}")
         if self.candidates < 1:
             raise ValueError(f"the guard needs at least one candidate, got {self.candidates}")
         if self.recheck_every < 1 or self.retry_after < 1 or self.views < 1 or self.forget_after < 1:
@@ -200,6 +207,7 @@ class _TrackState:
     yaw_now: float = 0.5
     last_seen: int = 0
     distance: float = float("nan")  # the kept identity's distance at its last check
+    candidate_distances: tuple[float, ...] = ()  # every candidate's distance at the last draw
 
 
 def candidate_seed(identity_seed: int, attempt: int, index: int) -> int:
@@ -254,8 +262,14 @@ class IdentityGuard:
         return len(self._states)
 
     def distance_of(self, key: int) -> float:
+        """The track's kept identity's distance to the person at its last check (NaN: unknown track)."""
         state = self._states.get(key)
         return state.distance if state is not None else float("nan")
+
+    def candidate_distances_of(self, key: int) -> tuple[float, ...]:
+        """Every candidate's distance to the person at the track's last draw."""
+        state = self._states.get(key)
+        return state.candidate_distances if state is not None else ()
 
     def _state(self, key: int) -> _TrackState:
         state = self._states.setdefault(key, _TrackState())
@@ -292,22 +306,29 @@ class IdentityGuard:
         state = self._state(key)
         return [candidate_seed(identity_seed, state.attempt, k) for k in range(self.config.candidates)]
 
-    def choose(self, key: int, seeds: Sequence[int], crops: Sequence[np.ndarray], landmarks68_crop: Sequence[np.ndarray]) -> int | None:
-        """Embed the candidate faces (generated crops and their landmarks); keep the farthest if it clears
-        the margin. None: the track is covered."""
+    def choose(self, key: int, seeds: Sequence[int], crops: Sequence[np.ndarray], landmarks68_crop: Sequence[np.ndarray],
+               *, landmark_errors: Sequence[float] | None = None) -> int | None:
+        """Embed the candidate faces (generated crops and their landmarks) and keep one that clears the
+        margin: the farthest, or with ``pick="faithful"`` the one with the lowest ``landmark_errors``
+        (how far each candidate's own landmarks are from the original's). None: the track is covered."""
         state = self._state(key)
         state.attempt += 1
         self.counts["draws"] += 1
         nearest = self._nearest_original(state, crops, landmarks68_crop)
-        best = int(np.argmax(nearest))
+        state.candidate_distances = tuple(float(d) for d in nearest)
         self._checked(state)
-        if nearest[best] >= self.min_distance:
+        passing = [i for i in range(len(seeds)) if nearest[i] >= self.min_distance]
+        if passing:
+            if self.config.pick == "faithful" and landmark_errors is not None:
+                best = min(passing, key=lambda i: (landmark_errors[i], -nearest[i]))
+            else:
+                best = max(passing, key=lambda i: nearest[i])
             state.seed, state.failed_at, state.distance = int(seeds[best]), None, float(nearest[best])
             return state.seed
         self.counts["failed_draws"] += 1
-        state.seed, state.failed_at, state.distance = None, self._frame, float(nearest[best])
+        state.seed, state.failed_at, state.distance = None, self._frame, float(np.max(nearest))
         log.info("identity guard: track %s has no candidate %.2f from the original (best %.3f): covered",
-                 key, self.min_distance, nearest[best])
+                 key, self.min_distance, state.distance)
         return None
 
     def verify(self, key: int, crop: np.ndarray, landmarks68_crop: np.ndarray) -> bool:

@@ -143,9 +143,9 @@ class SdganRenderer:
             recognizer = load_recognizer(options.recognizer, options.recognizer_model)
             guard = IdentityGuard(recognizer, GuardConfig(candidates=options.guard_candidates,
                                                           min_distance=options.min_identity_distance,
-                                                          recheck_every=options.guard_recheck))
-            log.info("identity guard: %s recognizer, %d candidates, margin %.2f, re-check every %d frames",
-                     recognizer.name, options.guard_candidates, guard.min_distance, options.guard_recheck)
+                                                          recheck_every=options.guard_recheck, pick=options.guard_pick))
+            log.info("identity guard: %s recognizer, %d candidates, margin %.2f, pick %s, re-check every %d frames",
+                     recognizer.name, options.guard_candidates, guard.min_distance, options.guard_pick, options.guard_recheck)
         else:
             log.warning("identity guard off: generated faces are not checked against the people they replace")
         return cls(
@@ -254,8 +254,9 @@ class SdganRenderer:
         options = [_with_seed(prepared, seed) for seed in seeds]
         crops = np.concatenate([self.generate_crops([self._reshaped(p) for p in options[i : i + self.batch_size]])
                                 for i in range(0, len(options), self.batch_size)])
+        errors = [self._landmark_error(crop, prepared) for crop in crops] if guard.config.pick == "faithful" else None
         try:
-            seed = guard.choose(key, seeds, list(crops), [self._reshaped_points(p) for p in options])
+            seed = guard.choose(key, seeds, list(crops), [self._reshaped_points(p) for p in options], landmark_errors=errors)
         except Exception:
             log.exception("identity guard failed to choose an identity: covering the face")
             return None
@@ -307,6 +308,18 @@ class SdganRenderer:
             if prepared.face.track_id is not None:
                 current[_smoothing_key(prepared)] = smoothed[index]
         return smoothed
+
+    def _landmark_error(self, crop: np.ndarray, prepared: PreparedFace) -> float:
+        """How far a generated crop's own 68 landmarks sit from the original face's, in inter-ocular distances."""
+        from .landmarks import landmarks5_from_68
+
+        points = prepared.landmarks68_crop
+        box = np.concatenate([points.min(0), points.max(0)]).astype(np.float32)
+        fit = self.landmarker.fit(crop, [Face(box=box, score=1.0, landmarks=landmarks5_from_68(points))])[0]
+        if fit.points is None:
+            return float("inf")
+        iod = float(np.hypot(*(points[45] - points[36])))
+        return float(np.linalg.norm(fit.points - points, axis=1).mean() / max(iod, 1e-6))
 
     def _reshaped_points(self, prepared: PreparedFace) -> np.ndarray:
         """The face's 68 crop landmarks moved by its identity code (jaw, chin, eyes, brows, nose, mouth)."""

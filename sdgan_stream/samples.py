@@ -18,7 +18,7 @@ import av
 import cv2
 import numpy as np
 
-__all__ = ["FacePhoto", "SyntheticClip", "face_photos", "make_face_clip", "render_scene"]
+__all__ = ["FacePhoto", "SyntheticClip", "allow_list_photos", "face_photos", "make_face_clip", "render_scene"]
 
 
 @dataclass(frozen=True)
@@ -41,15 +41,45 @@ def face_photos() -> tuple[FacePhoto, ...]:
         ("astronaut", skimage.data.astronaut(), np.array([181.5, 58.2, 269.9, 177.8], np.float32)),
         ("grace_hopper", hopper, np.array([174.8, 131.5, 357.0, 336.3], np.float32)),
     ]
+    return tuple(_head(name, image, box) for name, image, box in sources)
+
+
+def _head(name: str, image: np.ndarray, box: np.ndarray) -> FacePhoto:
+    """The face in ``box`` with some of its surroundings (hair, neck, background) as a FacePhoto."""
+    box = np.asarray(box, np.float32)
+    w, h = box[2] - box[0], box[3] - box[1]
+    x1 = int(max(box[0] - 0.6 * w, 0))
+    y1 = int(max(box[1] - 0.6 * h, 0))
+    x2 = int(min(box[2] + 0.6 * w, image.shape[1]))
+    y2 = int(min(box[3] + 0.5 * h, image.shape[0]))
+    crop = np.ascontiguousarray(image[y1:y2, x1:x2])
+    return FacePhoto(name, crop, box - np.array([x1, y1, x1, y1], np.float32))
+
+
+def allow_list_photos(prepared_dir: str | Path, *, split: str = "heldout", one_per_person: bool = True) -> tuple[FacePhoto, ...]:
+    """Faces of a ``prepare-data --package-photos`` folder, by split (``heldout`` or ``train``).
+
+    Named ``person/file``; with ``one_per_person`` the largest face of each person. Evaluation clips
+    of people the generator never saw are made from the ``heldout`` split.
+    """
+    import json
+
+    from PIL import Image
+
+    folder = Path(prepared_dir)
+    faces = [f for f in json.loads((folder / "package_photos.json").read_text())["faces"] if f["split"] == split]
+    if one_per_person:
+        best: dict[str, dict] = {}
+        for face in faces:
+            width = face["box"][2] - face["box"][0]
+            if face["person"] not in best or width > best[face["person"]]["box"][2] - best[face["person"]]["box"][0]:
+                best[face["person"]] = face
+        faces = [best[p] for p in sorted(best)]
     photos = []
-    for name, image, box in sources:
-        w, h = box[2] - box[0], box[3] - box[1]
-        x1 = int(max(box[0] - 0.6 * w, 0))
-        y1 = int(max(box[1] - 0.6 * h, 0))
-        x2 = int(min(box[2] + 0.6 * w, image.shape[1]))
-        y2 = int(min(box[3] + 0.5 * h, image.shape[0]))
-        crop = np.ascontiguousarray(image[y1:y2, x1:x2])
-        photos.append(FacePhoto(name, crop, box - np.array([x1, y1, x1, y1], np.float32)))
+    for face in faces:
+        with Image.open(folder / face["photo"]) as im:
+            image = np.asarray(im.convert("RGB"))
+        photos.append(_head(f"{face['person']}/{Path(face['file']).name}", image, np.asarray(face["box"], np.float32)))
     return tuple(photos)
 
 
@@ -123,16 +153,18 @@ def make_face_clip(
     rotation: int = 0,
     pix_fmt: str = "yuv420p",
     codec: str = "libx264",
+    photos: tuple[FacePhoto, ...] | None = None,
 ) -> SyntheticClip:
     """Write a clip of real faces moving over a background, with a sine-tone AAC track.
 
+    ``photos`` are the faces to use, in turn (default: :func:`face_photos`, the two in-package photos).
     ``variable_frame_rate`` spaces frames irregularly (1 or 2 ticks of a 1/(2*fps) time base);
     ``rotation`` stores the frames rotated and sets display-rotation metadata so players (and we)
     must undo it; the recorded face boxes are always in display orientation.
     """
     path = Path(path)
     rng = np.random.default_rng(seed)
-    photos = face_photos()
+    photos = photos or face_photos()
     columns = math.ceil(math.sqrt(faces))
     face_width = face_width or min(width / columns, height / math.ceil(faces / columns)) / 2.6
     heads = []

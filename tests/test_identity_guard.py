@@ -76,6 +76,17 @@ def test_the_farthest_candidate_is_kept_when_it_clears_the_margin() -> None:
     assert guard.decide(1, 120.0, _points()).action == "keep"
 
 
+def test_the_faithful_pick_keeps_the_passing_candidate_with_the_best_landmarks() -> None:
+    guard = IdentityGuard(FakeRecognizer(), GuardConfig(candidates=3, min_distance=0.5, pick="faithful"))
+    guard.start_frame()
+    guard.observe(1, _crop(100), _points(), 120.0)
+    guard.decide(1, 120.0, _points())
+    seeds = guard.candidates(1, identity_seed=7)
+    # candidate 0 keeps the landmarks best but is too close to the person; 2 is the best that passes
+    chosen = guard.choose(1, seeds, [_crop(110), _crop(220), _crop(170)], [_points()] * 3, landmark_errors=[0.01, 0.3, 0.05])
+    assert chosen == seeds[2]
+
+
 def test_a_track_with_no_passing_candidate_is_covered_then_retried() -> None:
     guard = IdentityGuard(FakeRecognizer(), GuardConfig(candidates=2, min_distance=0.5, retry_after=3))
     guard.start_frame()
