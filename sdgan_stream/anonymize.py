@@ -77,6 +77,12 @@ class Tracker(Protocol):
     def reset(self) -> None: ...
 
 
+class ExemptList(Protocol):
+    """Splits faces into (to anonymize, left visible); see :mod:`sdgan_stream.exempt`."""
+
+    def split(self, image: np.ndarray, faces: Sequence[Face]) -> tuple[list[Face], list[Face]]: ...
+
+
 class LookbackBuffer(Protocol):
     def push(self, item: object, faces: list[Face]) -> list[tuple[object, list[Face]]]: ...
 
@@ -110,8 +116,10 @@ class FrameAnonymizer:
         display_threshold: float = 0.5,
         rotation: int = 0,
         fallback_cover: CoverMethod = "solid",
+        exempt: ExemptList | None = None,
     ) -> None:
         self.detector = detector
+        self.exempt = exempt
         self.renderer = renderer
         self.tracker = tracker
         self.lookback = lookback
@@ -167,6 +175,9 @@ class FrameAnonymizer:
         if pending.analysis_failed:
             cover_whole_frame(image)
         elif faces:
+            if self.exempt is not None:
+                faces, kept = self.exempt.split(image, faces)
+                self.stats["faces_exempt"] += len(kept)
             for outcome in self._render_faces(image, faces):
                 self.stats[f"faces_{outcome.method}"] += 1
                 if outcome.reason:

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .anonymize import CoverRenderer, FaceRenderer, FrameAnonymizer
 from .config import AnonymizeOptions
@@ -20,6 +21,9 @@ from .io.sink import VideoFileSink, output_path_for
 from .io.source import VideoFileSource
 from .pipeline import run_pipeline
 from .types import VideoFrame, VideoInfo
+
+if TYPE_CHECKING:
+    from .exempt import ExemptFaces
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +83,27 @@ def build_anonymizer(
         )
         frames_back = 0 if live else round(options.lookback_seconds * info.fps)
         lookback = LookbackBuffer(max_frames=frames_back) if frames_back > 0 else None
+    detector = detector or build_detector(options)
     return FrameAnonymizer(
-        detector=detector or build_detector(options),
+        detector=detector,
         renderer=renderer or build_renderer(options),
         tracker=tracker,
         lookback=lookback,
         display_threshold=options.threshold,
         rotation=info.rotation,
         fallback_cover=options.fallback,  # type: ignore[arg-type]
+        exempt=build_exempt_list(options, detector) if options.keep_faces else None,
     )
+
+
+def build_exempt_list(options: AnonymizeOptions, detector: CenterFaceDetector) -> ExemptFaces:
+    """The --keep-faces stage: photos embedded with the guard's recognizer (errors before any frame is written)."""
+    from .exempt import ExemptFaces
+    from .identity_guard import load_recognizer
+    from .landmarks import LandmarkDetector
+
+    recognizer = load_recognizer(options.recognizer, options.recognizer_model)
+    return ExemptFaces.from_folder(options.keep_faces, recognizer, detector=detector, landmarker=LandmarkDetector())
 
 
 def anonymize_video(
@@ -128,6 +144,10 @@ def anonymize_video(
             raise
         sink.close(complete=not result.interrupted)
     log.info("wrote %s: %d frames in %.1f s (%.1f fps)", dst, result.frames_out, result.seconds, result.fps)
+    stats = dict(anonymizer.stats)
+    guard = getattr(anonymizer.renderer, "guard", None)  # the sdgan renderer's identity guard, when on
+    if guard is not None:
+        stats.update({f"guard_{name}": count for name, count in guard.counts.items()})
     return JobReport(
         input=src,
         output=dst,
@@ -137,7 +157,7 @@ def anonymize_video(
         fps=result.fps,
         audio_packets=sink.audio_packets_copied,
         corrupt_packets=source.corrupt_packets,
-        stats=dict(anonymizer.stats),
+        stats=stats,
     )
 
 

@@ -123,6 +123,9 @@ def _anonymize_one(src: Path, dst: Path | None, options: AnonymizeOptions, *, pr
     summary = f"{report.output}: {report.frames} frames, {report.fps:.1f} fps, faces {faces or 0}"
     if fallbacks:
         summary += f", fallbacks {fallbacks}"
+    guard = {k.removeprefix("guard_"): v for k, v in report.stats.items() if k.startswith("guard_")}
+    if guard:
+        summary += f", identity guard {guard}"
     if report.corrupt_packets:
         summary += f", {report.corrupt_packets} corrupt packets skipped"
     if report.interrupted:

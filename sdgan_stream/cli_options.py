@@ -48,6 +48,9 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
                         help="where --method sdgan crops and pastes faces: auto = on the GPU when the generator runs on CUDA, "
                              "host = numpy/OpenCV (default: auto)")
     parser.add_argument("--seed", type=int, default=unset, help="fix the generated identities (default: new ones each run)")
+    parser.add_argument("--keep-faces", default=unset, metavar="DIR",
+                        help="leave visible the people in DIR's photos (one per file or sub-folder), matched with the guard's "
+                             "recognizer at a strict threshold on 3 checks in a row; anything uncertain is anonymized")
     guard = parser.add_argument_group("identity guard (--method sdgan)")
     guard.add_argument("--no-identity-guard", action="store_false", dest="identity_guard", default=unset,
                        help="use generated faces without checking that they are someone else (not recommended)")

@@ -70,6 +70,7 @@ class AnonymizeOptions:
     min_identity_distance: float | None = None  # None: the recognizer's default margin (dlib 0.70)
     guard_recheck: int = 30  # frames between re-verifications of a track's identity
     guard_pick: str = "farthest"  # farthest (privacy first) | faithful (expression first, past the margin)
+    keep_faces: str | None = None  # folder of photos of people left visible (matched strictly, fail-closed)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
