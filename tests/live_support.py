@@ -8,10 +8,14 @@
 - :class:`StreamChecker`: reads a stream and checks every frame on the fly: decodes the barcode,
   and verifies every true face of that frame is covered (same detail-correlation test as
   tests/test_file_anonymizer.py); counts repeated, neutral and unknown frames and input sessions.
+- :func:`finishes_within`, :func:`wait_for`, :class:`FakeClock`, :func:`wait_listening`: tests that
+  wait for evidence (a state reached, a port listening) and fail, with every thread's stack, when it
+  never comes, instead of hanging or racing a clock.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import select
 import shutil
@@ -19,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -52,6 +57,86 @@ def gst_rtsp_missing() -> str | None:
     if probe.returncode != 0:
         return "GStreamer RTSP server missing (gir1.2-gst-rtsp-server-1.0 python3-gi ...; scripts/test.sh installs them)"
     return None
+
+
+# -- waiting for evidence ----------------------------------------------------------------------------
+
+
+def finishes_within(seconds: float, function: Callable[..., object], *args: object, **kwargs: object) -> object:
+    """``function(*args, **kwargs)`` on a daemon thread: its result, or its exception re-raised.
+
+    Still running after ``seconds``: every thread's stack goes to stderr and the test fails (pytest-
+    timeout is not installed; a hang must fail the test, not stall CI). The bound is generous: it
+    catches a thread that never ends, it does not time anything.
+    """
+    import pytest
+
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = function(*args, **kwargs)
+        except BaseException as error:  # handed to the test's thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, name="finishes-within", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        pytest.fail(f"{getattr(function, '__name__', function)} did not finish within {seconds:.0f} s: hung (stacks above)")
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome.get("value")
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll ``condition`` until it holds; an AssertionError naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.02)
+
+
+PIPELINE_THREADS = ("sdgan-decode", "sdgan-encode", "sdgan-capture", "sdgan-publish", "sdgan-stats")
+
+
+def live_threads(names: tuple[str, ...] = PIPELINE_THREADS, *, besides: Collection[threading.Thread] = ()) -> list[threading.Thread]:
+    """The package's pipeline threads still alive, other than ``besides`` (those running before a test)."""
+    return [t for t in threading.enumerate() if t.is_alive() and t.name.startswith(names) and t not in besides]
+
+
+class FakeClock:
+    """A monotonic clock that only moves when the test says so (exact binary fractions keep sums exact)."""
+
+    def __init__(self, start: float = 1024.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def wait_listening(port: int, timeout: float = 60.0) -> None:
+    """Wait until something listens on TCP ``port`` of 127.0.0.1 (read from /proc/net/tcp: connecting
+    to probe it would be taken for a client by a server that accepts one)."""
+
+    def listening() -> bool:
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                lines = Path(table).read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for line in lines:
+                fields = line.split()
+                if fields[1].rsplit(":", 1)[1] == f"{port:04X}" and fields[3] == "0A":  # 0A = LISTEN
+                    return True
+        return False
+
+    wait_for(listening, timeout, f"a listener on port {port}")
 
 
 # -- frame-index barcode ------------------------------------------------------------------------------

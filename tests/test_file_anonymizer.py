@@ -6,7 +6,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import av
@@ -18,10 +18,13 @@ from sdgan_stream import AnonymizeOptions, anonymize_video
 from sdgan_stream.anonymize import CoverRenderer, FrameAnonymizer
 from sdgan_stream.cli import main
 from sdgan_stream.errors import InputError, OutputError
+from sdgan_stream.io.sink import VideoFileSink
+from sdgan_stream.io.source import VideoFileSource
 from sdgan_stream.samples import SyntheticClip, make_face_clip
 from sdgan_stream.types import Detections, VideoFrame
 
 from .conftest import audio_packets, read_frames
+from .live_support import finishes_within, live_threads
 
 COVERS = dict(method="pixelate", track=False, detect_size=(640, 640))
 
@@ -184,21 +187,147 @@ def test_folder_input_anonymizes_every_video(face_clip: SyntheticClip, tmp_path:
     assert sorted(p.name for p in folder.glob("*_anonymized.mp4")) == ["a_anonymized.mp4", "b_anonymized.mp4"]
 
 
+# The command in a child process whose input stalls after STALL_AFTER frames, as a network disk that
+# stopped answering would: it prints STALLED and waits for the job's stop event. The signal is sent
+# only then, so the run is provably still running when it arrives, however fast the machine (the
+# earlier version of this test signalled a run that could already have finished: exit 0, not 130).
+_STALLING_CLI = """
+import sys, threading
+from sdgan_stream.cli import main
+from sdgan_stream.io.source import VideoFileSource
+
+stall_after = int(sys.argv[1])
+frames = VideoFileSource.frames
+
+def stalling(self, stop=None):
+    for count, frame in enumerate(frames(self, stop), start=1):
+        yield frame
+        if count == stall_after:
+            print("STALLED", flush=True)
+            (stop or threading.Event()).wait()  # no stop event passed down: this hangs and the test fails
+            return
+
+VideoFileSource.frames = stalling
+sys.exit(main(sys.argv[2:]))
+"""
+STALL_AFTER = 12
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_interrupt_finalizes_a_playable_output(long_clip: SyntheticClip, tmp_path: Path, sig: int) -> None:
+def test_interrupt_finalizes_a_playable_output(face_clip: SyntheticClip, tmp_path: Path, sig: int) -> None:
     out = tmp_path / "interrupted.mp4"
-    command = [sys.executable, "-m", "sdgan_stream.cli", "anonymize", str(long_clip.path), "-o", str(out), "--method", "solid", "--no-track", "--no-progress", "--detect-size", "320x320"]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and (not out.exists() or out.stat().st_size < 20_000):
-        time.sleep(0.05)
-    process.send_signal(sig)
-    _, err = process.communicate(timeout=60)
+    command = [sys.executable, "-c", _STALLING_CLI, str(STALL_AFTER), "anonymize", str(face_clip.path), "-o", str(out),
+               "--method", "solid", "--no-track", "--no-progress", "--detect-size", "320x320"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        line = finishes_within(120, process.stdout.readline)  # the run is under way and cannot finish by itself
+        assert line.strip() == "STALLED", process.stderr.read() if process.stderr else ""
+        process.send_signal(sig)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
     assert process.returncode == 130, err
     frames, pts, _ = read_frames(out)
-    assert 0 < len(frames) < long_clip.frame_count
+    assert len(frames) == STALL_AFTER  # every frame decoded before the stop went out, anonymized
     assert pts == sorted(pts)
     assert "interrupted" in err
+    assert audio_packets(out)  # audio cut at the last frame, still there
+
+
+# -- failures end the job, every thread, within bounded time; what was written stays playable ----------------
+
+
+def test_a_detector_failing_on_every_frame_ends_the_job_with_a_playable_output(face_clip: SyntheticClip, tmp_path: Path) -> None:
+    out = tmp_path / "failed.mp4"
+    before = set(threading.enumerate())
+    with pytest.raises(RuntimeError, match="in a row"):
+        finishes_within(120, anonymize_video, face_clip.path, out, detector=_BrokenDetector(), **COVERS)
+    assert not live_threads(besides=before)
+    original, _, _ = read_frames(face_clip.path)
+    result, pts, _ = read_frames(out)
+    assert 0 < len(result) < face_clip.frame_count and pts == sorted(pts)
+    _assert_faces_covered(original[: len(result)], result, face_clip)  # frames not analysed: covered whole
+
+
+def test_a_failing_output_ends_the_job_with_a_playable_output(face_clip: SyntheticClip, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write = VideoFileSink.write
+
+    def failing_write(self: VideoFileSink, frame: VideoFrame) -> None:
+        if self.frames_written == 10:
+            raise OutputError(f"writing {self.path} failed: No space left on device (injected)")
+        write(self, frame)
+
+    monkeypatch.setattr(VideoFileSink, "write", failing_write)
+    out = tmp_path / "disk_full.mp4"
+    with pytest.raises(OutputError, match="No space left"):
+        finishes_within(120, anonymize_video, face_clip.path, out, **COVERS)
+    frames, _, _ = read_frames(out)
+    assert len(frames) == 10
+
+
+def test_an_input_failing_part_way_ends_the_job_with_a_playable_output(face_clip: SyntheticClip, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    frames = VideoFileSource.frames
+
+    def failing(self: VideoFileSource, stop: threading.Event | None = None):
+        for count, frame in enumerate(frames(self, stop)):
+            if count == 10:
+                raise InputError(f"{self.path} vanished (injected)")
+            yield frame
+
+    monkeypatch.setattr(VideoFileSource, "frames", failing)
+    out = tmp_path / "vanished.mp4"
+    with pytest.raises(InputError, match="vanished"):
+        finishes_within(120, anonymize_video, face_clip.path, out, **COVERS)
+    result, _, _ = read_frames(out)
+    assert 0 < len(result) <= 10
+
+
+def test_on_start_raising_leaves_no_output_open_and_closes_the_renderer(face_clip: SyntheticClip, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    closed: list[str] = []
+
+    class Renderer(CoverRenderer):
+        def close(self) -> None:
+            closed.append(self.name)
+
+    monkeypatch.setattr("sdgan_stream.api.build_renderer", lambda options: Renderer(method="pixelate"))
+    out = tmp_path / "never.mp4"
+
+    def on_start(_info: object) -> None:
+        raise RuntimeError("progress bar failed")
+
+    with pytest.raises(RuntimeError, match="progress bar"):
+        anonymize_video(face_clip.path, out, on_start=on_start, **COVERS)
+    assert not out.exists()
+    open_paths = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            open_paths.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            continue
+    assert not [p for p in open_paths if str(out) in p], "the output file was left open"
+    assert closed == ["pixelate"]
+    anonymize_video(face_clip.path, out, **COVERS)
+    assert closed == ["pixelate", "pixelate"]  # and after a job that went well
+
+
+def test_a_stop_before_the_first_frame_leaves_no_output(face_clip: SyntheticClip, tmp_path: Path) -> None:
+    stop = threading.Event()
+    stop.set()
+    out = tmp_path / "stopped.mp4"
+    report = anonymize_video(face_clip.path, out, stop_event=stop, **COVERS)
+    assert report.interrupted and report.frames == 0 and not out.exists()
+
+
+def test_one_stop_event_serves_jobs_in_a_row(face_clip: SyntheticClip, tmp_path: Path) -> None:
+    """The folder command passes one event (set by signals) to every job: a job that ends normally
+    must leave it unset."""
+    stop = threading.Event()
+    first = anonymize_video(face_clip.path, tmp_path / "a.mp4", stop_event=stop, **COVERS)
+    second = anonymize_video(face_clip.path, tmp_path / "b.mp4", stop_event=stop, **COVERS)
+    assert not stop.is_set() and first.frames == second.frames == face_clip.frame_count
 
 
 class _BrokenRenderer:
@@ -255,6 +384,37 @@ def test_options_reject_nonsense() -> None:
         AnonymizeOptions(method="swirl")
     with pytest.raises(ValueError):
         AnonymizeOptions(threshold=1.5)
+
+
+def test_the_api_honours_an_explicit_none_as_the_cli_does(face_clip: SyntheticClip, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sdgan_stream import api
+    from sdgan_stream.cli import build_parser
+    from sdgan_stream.cli_options import options_from_args
+
+    options = AnonymizeOptions(seed=5, detect_size=(320, 320), weights="other.safetensors")
+    changed = options.with_overrides(detect_size=None, seed=None, weights=None)
+    assert (changed.detect_size, changed.seed, changed.weights) == (None, None, None)
+    args = build_parser().parse_args(["anonymize", "x.mp4", "--detect-size", "full"])
+    assert options_from_args(args).detect_size is None  # the command line's meaning of the same value
+    with pytest.raises(ValueError, match="unknown option"):
+        options.with_overrides(colour="red")
+    seen: list[AnonymizeOptions] = []
+    build_detector = api.build_detector
+    monkeypatch.setattr(api, "build_detector", lambda o: seen.append(o) or build_detector(o))
+    anonymize_video(face_clip.path, tmp_path / "full.mp4", method="pixelate", track=False, detect_size=None)
+    assert seen[0].detect_size is None  # detected at full size, not at the 960x960 default
+
+
+def test_a_config_file_reads_without_tomllib_as_on_python_3_10(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tomllib
+
+    from sdgan_stream.config import load_options_file
+
+    monkeypatch.setitem(sys.modules, "tomllib", None)  # `import tomllib` raises ImportError, as on 3.10
+    monkeypatch.setitem(sys.modules, "tomli", tomllib)  # the backport setup.cfg requires there: same API
+    path = tmp_path / "job.toml"
+    path.write_text('[anonymize]\nmethod = "solid"\ndetect_size = "full"\nseed = 3\n')
+    assert load_options_file(path) == {"method": "solid", "detect_size": None, "seed": 3}
 
 
 def test_cli_rejects_a_bad_detect_size(face_clip: SyntheticClip) -> None:

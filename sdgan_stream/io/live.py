@@ -377,14 +377,24 @@ class LiveSource:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def close(self, timeout: float = 2.0) -> None:
-        """Stop capturing. A read blocked in the network returns within ``read_timeout``; the thread is a
-        daemon, so a caller never waits longer than ``timeout`` here."""
+    def close(self, timeout: float | None = None) -> None:
+        """Stop capturing and wait for the capture thread to leave FFmpeg.
+
+        FFmpeg cannot be interrupted from another thread, but every blocking call it makes here is
+        bounded: an open by ``open_timeout``, a read by ``read_timeout`` (a paced file or a lavfi graph
+        by one frame). So the thread ends within that bound, and ``close`` waits for it (``timeout``
+        overrides the bound); the connection is closed by the thread itself, never under a read.
+        """
         self._closing.set()
         with self._cond:
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        if self._thread is None:
+            return
+        if timeout is None:
+            timeout = max(self.open_timeout, self.read_timeout) + 2.0
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("the capture thread of %s is still blocked after %.0f s; leaving it behind", self.target.display, timeout)
 
     def __enter__(self) -> LiveSource:
         return self.start()

@@ -198,11 +198,14 @@ class VideoFileSink:
             self._container.close()
 
     def abort(self) -> None:
-        """Best-effort close after a failure: never raises, so the original error is what the user sees."""
+        """Best-effort close after a failure: never raises, so the original error is what the user sees.
+        What was written stays a playable file; an output that got no frame at all is removed."""
         try:
             self.close(complete=False)
         except Exception as error:  # the job already failed; a second error would only hide the first
             log.warning("could not finalize %s after an error: %s", self.path, error)
+        if self.frames_written == 0:
+            self.path.unlink(missing_ok=True)
 
     @property
     def audio_packets_copied(self) -> int:
