@@ -135,7 +135,7 @@ def anonymize_video(
         try:
             anonymizer = build_anonymizer(options, info, detector=detector, renderer=renderer)
             audio_from = src if (options.audio and source.has_audio) else None
-            sink = VideoFileSink(dst, info, crf=options.crf, preset=options.preset, audio_from=audio_from)
+            sink = VideoFileSink(dst, info, crf=options.crf, preset=options.preset, audio_from=audio_from, colour=source.colour)
             try:
                 if on_start is not None:
                     on_start(info)
