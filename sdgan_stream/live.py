@@ -410,7 +410,7 @@ def _run_chain(
         latency_ms_p50=_percentile_ms(latencies, 50),
         latency_ms_p95=_percentile_ms(latencies, 95),
         latency_ms_p99=_percentile_ms(latencies, 99),
-        # run_pipeline reports any run given a stop_event as interrupted; a source that simply ended was not.
+        # stopped from outside (q, a signal, duration); a source that simply ended was not interrupted
         interrupted=result.interrupted and not source.finished,
         stats=dict(processor.anonymizer.stats),
     )

@@ -27,6 +27,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import cv2
@@ -278,11 +279,15 @@ class CheckResult:
     worst_correlation: float = 0.0
     sessions: list[float] = field(default_factory=list)  # arrival time of the first frame of each input session
     arrivals: list[float] = field(default_factory=list)  # arrival time of every distinct indexed frame
+    repeat_arrivals: list[float] = field(default_factory=list)  # arrival time of every repeated frame
     pts: list[int] = field(default_factory=list)
     leaks: list[tuple[int, float]] = field(default_factory=list)  # (index, correlation), first few
     errors: list[str] = field(default_factory=list)
     sequence: list[tuple[float, int | None, int | None]] = field(default_factory=list, repr=False)  # (arrival, pts, index)
     first_frame_at: float | None = None
+
+    def repeats_between(self, start: float, end: float) -> int:
+        return sum(start <= t <= end for t in self.repeat_arrivals)
 
     @property
     def leak_rate(self) -> float:
@@ -353,6 +358,7 @@ class StreamChecker:
         r.indexed += 1
         if index == self._last_index:
             r.repeats += 1
+            r.repeat_arrivals.append(now)
         else:
             r.distinct += 1
             r.arrivals.append(now)
@@ -367,6 +373,46 @@ class StreamChecker:
         r.worst_correlation = max(r.worst_correlation, worst)
         if leaked and len(r.leaks) < 20:
             r.leaks.append((index, worst))
+
+
+def checker_process(url: str, clip: str, boxes: list, threshold: float, ready: Any, stop: Any, results: Any) -> None:
+    """Body of a reader *process* (benchmarks): a :class:`StreamChecker` on ``url`` until ``stop`` is
+    set, its result sent back through ``results``; ``ready`` is set at the first frame received. A
+    process of its own, so that checking frames does not take the GIL from the filter being measured."""
+    checker = StreamChecker(url, GroundTruth(clip, boxes), threshold=threshold).start()
+    while not stop.wait(0.05):
+        if checker.result.frames:
+            ready.set()
+            break
+    stop.wait()
+    result = checker.stop()
+    result.sequence = []  # large and not needed by the parent
+    results.put(result)
+
+
+def repeat_clip(source: str | Path, target: str | Path, times: int) -> Path:
+    """``source`` played ``times`` times in a row, as one file (packets copied, timestamps shifted): a
+    long input for a soak without encoding it (the test server plays a clip once per connection)."""
+    target = Path(target)
+    with av.open(str(target), "w") as out:
+        stream = None
+        offset = 0
+        for _ in range(times):
+            with av.open(str(source)) as container:
+                video = container.streams.video[0]
+                if stream is None:
+                    stream = out.add_stream_from_template(video)
+                end = offset
+                for packet in container.demux(video):
+                    if packet.dts is None or not packet.size:
+                        continue
+                    step = packet.duration or 1
+                    packet.pts, packet.dts = packet.pts + offset, packet.dts + offset
+                    end = max(end, packet.pts + step)
+                    packet.stream = stream
+                    out.mux(packet)
+                offset = end
+    return target
 
 
 # -- the RTSP server process -----------------------------------------------------------------------

@@ -214,6 +214,20 @@ def test_a_camera_that_cannot_open_is_an_error() -> None:
     webcam.close()
 
 
+def test_a_camera_flapping_for_days_keeps_bounded_state(caplog: pytest.LogCaptureFixture) -> None:
+    source = LiveSource(LAVFI)
+    connection = FeedConnection()
+    image = np.zeros((24, 32, 3), np.uint8)
+    with caplog.at_level(logging.ERROR):  # 10000 outages are 10000 warnings
+        for _ in range(10_000):
+            source._up(connection)
+            source._publish(image)
+            source._lost("input lost", retrying=True)
+    assert len(source.stats.events) <= 256 and len(source._session_starts) <= 512
+    assert source.session_of(source._next_index - 1) == 9_999  # session numbers still count every reconnect
+    assert source.session_of(source._next_index - 2) == 9_998
+
+
 def test_session_of_maps_frames_to_connections() -> None:
     source = LiveSource(LAVFI)
     source._session_starts = [0, 10, 25]

@@ -118,7 +118,13 @@ class RtspOutput:
     ) -> None:
         settings = settings or EncoderSettings()
         fmt = output_format_for(url)
-        options = {"rtsp_transport": transport} if fmt == "rtsp" else {}
+        options: dict[str, str] = {}
+        if fmt == "rtsp":
+            options["rtsp_transport"] = transport
+            if timeout is not None and timeout[1] is not None:
+                # PyAV's own timeout covers the open only: without this, a send to a server that stopped
+                # reading blocks (and so does shutdown) for as long as TCP keeps trying
+                options["timeout"] = str(int(timeout[1] * 1_000_000))
         self._display = redact_url(url)
         try:
             self._container = av.open(url, mode="w", format=fmt, options=options, timeout=timeout)
@@ -170,7 +176,8 @@ class PublisherStats:
     sessions: int = 0  # successful output (re)connections
     connected: bool = False
     latencies: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW), repr=False)
-    events: list[tuple[float, FrameKind]] = field(default_factory=list, repr=False)  # changes of frame kind
+    # changes of frame kind (monotonic time, kind), the newest only: bounded on a stream of days
+    events: deque[tuple[float, FrameKind]] = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW), repr=False)
 
     @property
     def published(self) -> int:
