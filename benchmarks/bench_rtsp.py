@@ -7,7 +7,8 @@ relays it to a reader in a separate process. The reader checks every frame it re
 clip's ground-truth face boxes. Mid-run the input server is killed and restarted.
 
 Measured (steady phase = before the restart):
-- input fps, output fps (distinct anonymized frames published) and their ratio; reader fps;
+- input fps, output fps (distinct anonymized frames published) and their ratio; reader fps, and the
+  share of the input frames that reached the viewer (distinct frames, each checked: no face visible);
 - frames dropped (newest-frame policy) and latency from capture to publish (p50/p95);
 - leak rate at the reader: faces visible / faces checked (every frame, every true face);
 - time to republish: from the restarted input server being ready to the first anonymized frame of
@@ -40,28 +41,13 @@ sys.path.insert(0, str(ROOT))
 from tests.live_support import (  # noqa: E402
     GENERATED_LEAK_CORRELATION,
     LEAK_CORRELATION,
-    GroundTruth,
     RtspServer,
-    StreamChecker,
+    checker_process,
     gst_rtsp_missing,
     make_indexed_clip,
 )
 
 log = logging.getLogger("bench_rtsp")
-
-
-def _reader(url: str, clip: str, boxes: list, threshold: float, ready: Any, stop: Any, results: Any) -> None:
-    """Child process: read ``url`` until ``stop`` is set, check every frame, send back the result.
-    ``ready`` is set once frames arrive (the ground truth is decoded before connecting)."""
-    checker = StreamChecker(url, GroundTruth(clip, boxes), threshold=threshold).start()
-    while not stop.wait(0.05):
-        if checker.result.frames:
-            ready.set()
-            break
-    stop.wait()
-    result = checker.stop()
-    result.sequence = []  # large and not needed by the parent
-    results.put(result)
 
 
 def _cpu_seconds() -> float:
@@ -114,7 +100,7 @@ def run_once(args: argparse.Namespace, method: str, detect_size: str | None, cli
     ctx = multiprocessing.get_context("spawn")
     reader_ready, reader_stop, reader_results = ctx.Event(), ctx.Event(), ctx.Queue()
     threshold = GENERATED_LEAK_CORRELATION if method == "sdgan" else LEAK_CORRELATION
-    reader = ctx.Process(target=_reader, args=(sink.url("view"), str(clip_path), boxes, threshold, reader_ready, reader_stop, reader_results), daemon=True)
+    reader = ctx.Process(target=checker_process, args=(sink.url("view"), str(clip_path), boxes, threshold, reader_ready, reader_stop, reader_results), daemon=True)
     load_before = os.getloadavg()
     filter_thread = threading.Thread(target=run_filter, name="filter", daemon=True)
     started = time.monotonic()
@@ -166,6 +152,9 @@ def run_once(args: argparse.Namespace, method: str, detect_size: str | None, cli
         raise outcome["error"]
     report = outcome["report"]
     reader_distinct_steady = sum(t_a <= t <= t_b for t in result.arrivals) if result else None
+    reader_repeats_steady = None
+    if result is not None:  # frames the viewer got twice while the input was up (fill frames of a stall)
+        reader_repeats_steady = result.repeats_between(t_a, t_b)
     reader_republish = None
     if result is not None and len(result.sessions) >= 2:
         reader_republish = round(result.sessions[-1] - t_back, 2)
@@ -182,6 +171,11 @@ def run_once(args: argparse.Namespace, method: str, detect_size: str | None, cli
             "output_fps": round(output_fps, 2),
             "output_over_input": round(output_fps / input_fps, 3) if input_fps else None,
             "reader_fps": round(reader_distinct_steady / span, 2) if reader_distinct_steady is not None else None,
+            # input frames that reached the viewer, each a distinct anonymized frame (faces checked below)
+            "viewer_share_of_input": round(reader_distinct_steady / (captured_b - captured_a), 3)
+            if reader_distinct_steady is not None and captured_b > captured_a
+            else None,
+            "viewer_repeats": reader_repeats_steady,
             "frames_dropped": dropped_b - dropped_a,
             "latency_capture_to_publish_ms": _percentiles(latencies),
             # CPU the filter process used: cores busy, and CPU per published frame (what an idle

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["JobReport", "anonymize_video", "build_anonymizer", "build_detector", "build_renderer"]
+__all__ = ["JobReport", "anonymize_video", "build_anonymizer", "build_detector", "build_renderer", "close_renderer"]
 
 
 @dataclass
@@ -58,6 +58,18 @@ def build_renderer(options: AnonymizeOptions) -> FaceRenderer:
 
         return SdganRenderer.from_options(options)
     return CoverRenderer(method=options.method, margin=options.cover_margin)
+
+
+def close_renderer(renderer: FaceRenderer) -> None:
+    """Release what a renderer holds (a generator backend's worker threads); never raises, so that an
+    error being handled is the one the user sees."""
+    close = getattr(renderer, "close", None)
+    if close is None:
+        return
+    try:
+        close()
+    except Exception:  # releasing resources at the end of a job must not replace its outcome
+        log.warning("closing the %s renderer failed", getattr(renderer, "name", "face"), exc_info=True)
 
 
 def build_anonymizer(
@@ -130,19 +142,30 @@ def anonymize_video(
     dst = Path(dst) if dst is not None else output_path_for(src)
     if dst.resolve() == src.resolve():
         raise OutputError(f"output would overwrite the input: {dst}")
+    # One event stops both the reading (at the next frame) and the pipeline; the CLI sets it from signals.
+    stop = stop_event or threading.Event()
     with VideoFileSource(src) as source:
         info = source.info
-        anonymizer = build_anonymizer(options, info, detector=detector, renderer=renderer)
-        audio_from = src if (options.audio and source.has_audio) else None
-        sink = VideoFileSink(dst, info, crf=options.crf, preset=options.preset, audio_from=audio_from)
-        if on_start is not None:
-            on_start(info)
+        owned_renderer = renderer is None
+        renderer = renderer or build_renderer(options)
         try:
-            result = run_pipeline(source.frames(stop_event), anonymizer, sink, stop_event=stop_event, on_frame_written=on_frame_written)
-        except BaseException:
-            sink.abort()  # what was written stays a playable file
-            raise
-        sink.close(complete=not result.interrupted)
+            anonymizer = build_anonymizer(options, info, detector=detector, renderer=renderer)
+            audio_from = src if (options.audio and source.has_audio) else None
+            sink = VideoFileSink(dst, info, crf=options.crf, preset=options.preset, audio_from=audio_from, colour=source.colour)
+            try:
+                if on_start is not None:
+                    on_start(info)
+                result = run_pipeline(source.frames(stop), anonymizer, sink, stop_event=stop, on_frame_written=on_frame_written)
+            except BaseException:
+                sink.abort()  # what was written stays a playable file
+                raise
+            if result.frames_out == 0:
+                sink.abort()  # stopped before the first frame: no output rather than an unplayable one
+            else:
+                sink.close(complete=not result.interrupted)
+        finally:
+            if owned_renderer:
+                close_renderer(renderer)
     log.info("wrote %s: %d frames in %.1f s (%.1f fps)", dst, result.frames_out, result.seconds, result.fps)
     stats = dict(anonymizer.stats)
     guard = getattr(anonymizer.renderer, "guard", None)  # the sdgan renderer's identity guard, when on

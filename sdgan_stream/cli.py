@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
+import threading
 from pathlib import Path
 
 from . import __version__
@@ -17,6 +17,7 @@ from .config import AnonymizeOptions
 from .errors import SdganStreamError
 from .evaluate import add_evaluate_parser
 from .live import add_live_parser, add_rtsp_parser
+from .pipeline import stop_on_signals
 from .training_cli import add_prepare_data_parser, add_train_parser
 
 log = logging.getLogger("sdgan_stream")
@@ -97,7 +98,7 @@ def _videos_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES and "_anonymized" not in p.stem)
 
 
-def _anonymize_one(src: Path, dst: Path | None, options: AnonymizeOptions, *, progress: bool) -> int:
+def _anonymize_one(src: Path, dst: Path | None, options: AnonymizeOptions, *, progress: bool, stop: threading.Event) -> int:
     from .api import anonymize_video
 
     bar = None
@@ -114,7 +115,7 @@ def _anonymize_one(src: Path, dst: Path | None, options: AnonymizeOptions, *, pr
             bar.update(1)
 
     try:
-        report = anonymize_video(src, dst, options=options, on_start=start, on_frame_written=written)
+        report = anonymize_video(src, dst, options=options, on_start=start, on_frame_written=written, stop_event=stop)
     finally:
         if bar is not None:
             bar.close()
@@ -136,7 +137,13 @@ def _anonymize_one(src: Path, dst: Path | None, options: AnonymizeOptions, *, pr
 
 
 def _run_anonymize(args: argparse.Namespace) -> int:
-    options = options_from_args(args)
+    # SIGINT/SIGTERM set this flag; the job stops at the next frame and finalizes a playable output (exit 130).
+    stop = threading.Event()
+    with stop_on_signals(stop):
+        return _anonymize_paths(args, options_from_args(args), stop)
+
+
+def _anonymize_paths(args: argparse.Namespace, options: AnonymizeOptions, stop: threading.Event) -> int:
     src: Path = args.input
     if src.is_dir():
         videos = _videos_in(src)
@@ -150,7 +157,7 @@ def _run_anonymize(args: argparse.Namespace) -> int:
         for video in videos:
             dst = out_dir / f"{video.stem}_anonymized{video.suffix}" if out_dir else None
             try:
-                code = _anonymize_one(video, dst, options, progress=not args.no_progress)
+                code = _anonymize_one(video, dst, options, progress=not args.no_progress, stop=stop)
             except SdganStreamError as error:
                 print(f"error: {error}", file=sys.stderr)
                 code = EXIT_ERROR
@@ -158,7 +165,7 @@ def _run_anonymize(args: argparse.Namespace) -> int:
                 return code
             status = max(status, code)
         return status
-    return _anonymize_one(src, args.output, options, progress=not args.no_progress)
+    return _anonymize_one(src, args.output, options, progress=not args.no_progress, stop=stop)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -166,7 +173,9 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     clip = make_face_clip(args.keep_input, width=1280, height=720, frames=75, faces=3)
     print(f"demo input: {clip.path} ({clip.width}x{clip.height}, {clip.frame_count} frames, 3 faces, with audio)", file=sys.stderr)
-    return _anonymize_one(clip.path, args.output, options_from_args(args), progress=not args.no_progress)
+    stop = threading.Event()
+    with stop_on_signals(stop):
+        return _anonymize_one(clip.path, args.output, options_from_args(args), progress=not args.no_progress, stop=stop)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,18 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _raise_keyboard_interrupt(signum: int, _frame: object) -> None:
-    # SIGTERM takes the same path as Ctrl-C: stop reading, finalize a playable output.
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # Our own set-up lines (which detector provider, which generator backend) are shown by default.
     logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.WARNING if args.quiet else logging.DEBUG if args.verbose > 1 else logging.INFO)
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     return run_handler(args)
 
 

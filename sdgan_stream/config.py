@@ -92,13 +92,21 @@ class AnonymizeOptions:
             raise ValueError(f"crf must be in 0..51, got {self.crf}")
 
     def with_overrides(self, **overrides: Any) -> AnonymizeOptions:
-        """A copy with the given fields replaced; ``None`` values are ignored (unset CLI flags)."""
-        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+        """A copy with the given fields replaced, exactly as given: an explicit ``None`` is a value
+        (``detect_size=None`` = full size, ``seed=None`` = new identities, ``weights=None`` = the
+        starter weights), as it is on the command line. Unknown names are a ValueError."""
+        unknown = sorted(set(overrides) - {f.name for f in fields(self)})
+        if unknown:
+            raise ValueError(f"unknown option(s): {', '.join(unknown)}")
+        return replace(self, **overrides)
 
 
 def load_options_file(path: str | Path) -> dict[str, Any]:
     """Read options from a TOML file (``[anonymize]`` table or top level); unknown keys are errors."""
-    import tomllib
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: the same parser, as the `tomli` package (setup.cfg requires it there)
+        import tomli as tomllib
 
     with open(path, "rb") as handle:
         data = tomllib.load(handle)

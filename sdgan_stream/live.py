@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import logging
 import os
-import signal
 import sys
 import threading
 import time
@@ -39,7 +38,8 @@ from .anonymize import FaceRenderer, FrameAnonymizer
 from .config import AnonymizeOptions
 from .io.live import Backoff, CaptureBackend, LiveSource, parse_camera
 from .io.rtsp import EncoderSettings, RtspPublisher
-from .pipeline import FrameSink, run_pipeline
+from .errors import SdganStreamError
+from .pipeline import FrameSink, run_pipeline, stop_on_signals
 from .redact import install_log_redaction, redact_text, redact_url
 from .types import VideoFrame, VideoInfo
 
@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "LiveComponents",
+    "LiveJobError",
     "LiveProcessor",
     "LiveReport",
     "LiveViewSink",
@@ -87,6 +88,7 @@ class LiveReport:
     output_errors: int = 0
     latency_ms_p50: float | None = None
     latency_ms_p95: float | None = None
+    latency_ms_p99: float | None = None
     interrupted: bool = False
     stats: dict[str, int] = field(default_factory=dict)  # the anonymizer's per-method face counts
 
@@ -218,7 +220,9 @@ class _StatsMonitor:
 
 
 class PreviewSink(Protocol):
-    """Shows one RGB image and returns the key pressed meanwhile (-1 for none)."""
+    """Shows one RGB image and returns the key pressed meanwhile (-1 for none). Called on the main
+    thread only (macOS allows windows nowhere else). A preview may also have ``poll() -> key``, which
+    keeps the window responsive while no new frame comes."""
 
     def show(self, image: np.ndarray) -> int: ...
 
@@ -247,6 +251,11 @@ class OpenCvPreview:
             cv2.namedWindow(self.title, cv2.WINDOW_NORMAL)
             self._opened = True
         cv2.imshow(self.title, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        return self.poll()
+
+    def poll(self) -> int:
+        if not self._opened:
+            return -1
         key = cv2.waitKey(1)
         if cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) < 1:
             return ord("q")
@@ -282,8 +291,11 @@ class _ViewStats:
 class LiveViewSink:
     """Pipeline sink of ``live``: preview with overlay (q/Esc sets ``stop_event``) and/or a recording.
 
-    The recording gets the anonymized frames without the overlay, timestamped by capture time (real
-    time, dropped frames leave gaps rather than speeding the video up).
+    :meth:`write` runs on the pipeline's encoder thread: it records the frame and leaves the newest
+    overlay image for :meth:`pump`, which shows it and reads the keyboard on the main thread (GUI
+    toolkits, macOS's above all, allow windows there only). The recording gets the anonymized frames
+    without the overlay, timestamped by capture time (real time, dropped frames leave gaps rather
+    than speeding the video up).
     """
 
     def __init__(
@@ -304,6 +316,8 @@ class LiveViewSink:
         self.fps = 0.0
         self._last_time: float | None = None
         self._first_pts: int | None = None
+        self._lock = threading.Lock()
+        self._to_show: np.ndarray | None = None
 
     def write(self, frame: VideoFrame) -> None:
         now = self._clock()
@@ -312,11 +326,10 @@ class LiveViewSink:
             instant = 1.0 / (now - self._last_time)
             self.fps = instant if self.fps == 0 else 0.9 * self.fps + 0.1 * instant  # smoothed for reading
         self._last_time = now
-        if self.preview is not None and not self.stop_event.is_set():  # after q: no more frames on screen
-            key = self.preview.show(draw_overlay(frame.image, fps=self.fps, latency_ms=latency * 1000, dropped=self._dropped()))
-            if is_quit_key(key):
-                log.info("quit key pressed")
-                self.stop_event.set()
+        if self.preview is not None:
+            image = draw_overlay(frame.image, fps=self.fps, latency_ms=latency * 1000, dropped=self._dropped())
+            with self._lock:
+                self._to_show = image  # a frame the main thread has not shown yet is simply replaced
         if self.recorder is not None:
             if self._first_pts is None:
                 self._first_pts = frame.pts or 0
@@ -325,37 +338,27 @@ class LiveViewSink:
         self.stats.fresh += 1
         self.stats.latencies.append((now, latency))
 
+    def pump(self) -> None:
+        """Main thread: show the newest frame (or keep the window alive) and act on q/Esc."""
+        if self.preview is None or self.stop_event.is_set():  # after q: no more frames on screen
+            return
+        with self._lock:
+            image, self._to_show = self._to_show, None
+        if image is not None:
+            key = self.preview.show(image)
+        else:
+            poll = getattr(self.preview, "poll", None)
+            key = poll() if poll is not None else -1
+        if is_quit_key(key):
+            log.info("quit key pressed")
+            self.stop_event.set()
+
     def close(self) -> None:
         if self.preview is not None:
             self.preview.close()
 
 
 # -- running --------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGINT/SIGTERM set ``stop`` (a clean shutdown) instead of raising; a second signal raises
-    KeyboardInterrupt. Only the main thread can install handlers: elsewhere this does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    signals = [signal.SIGINT, signal.SIGTERM]
-    previous = {sig: signal.getsignal(sig) for sig in signals}
-
-    def handler(signum: int, _frame: object) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt(f"signal {signum}")
-        log.warning("signal %d: shutting down", signum)
-        stop.set()
-
-    for sig in signals:
-        signal.signal(sig, handler)
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def _wait_for_input(source: LiveSource, stop: threading.Event) -> VideoInfo | None:
@@ -380,6 +383,7 @@ def _run_chain(
     started: float,
     stats_interval: float,
     on_stats: Callable[[str], None] | None,
+    on_main_thread: Callable[[], None] | None = None,
 ) -> LiveReport:
     monitor = _StatsMonitor(
         source=source,
@@ -390,7 +394,9 @@ def _run_chain(
         emit=on_stats or (lambda line: log.info("%s", line)),
     ).start()
     try:
-        result = run_pipeline(source.frames(stop), processor, sink, stop_event=stop, queue_size=1, drop_policy="drop_oldest")
+        result = run_pipeline(
+            source.frames(stop), processor, sink, stop_event=stop, queue_size=1, drop_policy="drop_oldest", on_main_thread=on_main_thread
+        )
     finally:
         monitor.stop()
     latencies = [lat for _, lat in list(output_stats.latencies)]
@@ -403,7 +409,8 @@ def _run_chain(
         reconnects=source.stats.reconnects,
         latency_ms_p50=_percentile_ms(latencies, 50),
         latency_ms_p95=_percentile_ms(latencies, 95),
-        # run_pipeline reports any run given a stop_event as interrupted; a source that simply ended was not.
+        latency_ms_p99=_percentile_ms(latencies, 99),
+        # stopped from outside (q, a signal, duration); a source that simply ended was not interrupted
         interrupted=result.interrupted and not source.finished,
         stats=dict(processor.anonymizer.stats),
     )
@@ -471,7 +478,7 @@ def run_rtsp_filter(
     ``stop_event``, after ``duration`` seconds, or on Ctrl-C. ``overrides`` are
     :class:`AnonymizeOptions` fields. ``on_start`` receives the running :class:`LiveComponents`.
     """
-    from .api import build_anonymizer
+    from .api import build_anonymizer, build_renderer, close_renderer
 
     options = (options or AnonymizeOptions()).with_overrides(**overrides)
     stop = stop_event or threading.Event()
@@ -486,11 +493,15 @@ def run_rtsp_filter(
         fps=fps,
     ).start()
     timer = _timer(stop, duration)
+    publisher: RtspPublisher | None = None
+    owned_renderer: FaceRenderer | None = None
     try:
         info = _wait_for_input(source, stop)
         if info is None:
             return LiveReport(seconds=time.monotonic() - started, interrupted=True)
         detector = detector or _build_live_detector(options)
+        if renderer is None:
+            renderer = owned_renderer = build_renderer(options)
         anonymizer = build_anonymizer(options, info, live=True, detector=detector, renderer=renderer)
         publisher = RtspPublisher(
             output_url,
@@ -506,24 +517,26 @@ def run_rtsp_filter(
         publisher.start()
         if on_start is not None:
             on_start(LiveComponents(source=source, processor=processor, sink=publisher, publisher=publisher))
-        try:
-            return _run_chain(
-                source=source,
-                processor=processor,
-                sink=publisher,
-                output_stats=publisher.stats,
-                publisher=publisher,
-                stop=stop,
-                started=started,
-                stats_interval=stats_interval,
-                on_stats=on_stats,
-            )
-        finally:
-            publisher.close()
+        return _run_chain(
+            source=source,
+            processor=processor,
+            sink=publisher,
+            output_stats=publisher.stats,
+            publisher=publisher,
+            stop=stop,
+            started=started,
+            stats_interval=stats_interval,
+            on_stats=on_stats,
+        )
     finally:
+        stop.set()
         if timer is not None:
             timer.cancel()
+        if publisher is not None:
+            publisher.close()
         source.close()
+        if owned_renderer is not None:
+            close_renderer(owned_renderer)
 
 
 def run_live(
@@ -552,7 +565,7 @@ def run_live(
     :class:`OpenCvPreview` for a window; q/Esc stop); ``output`` records to a video file.
     A camera that cannot be opened at start is an :class:`~sdgan_stream.errors.InputError`.
     """
-    from .api import build_anonymizer
+    from .api import build_anonymizer, build_renderer, close_renderer
     from .errors import OutputError
     from .io.sink import VideoFileSink
 
@@ -572,12 +585,15 @@ def run_live(
     timer = _timer(stop, duration)
     recorder: VideoFileSink | None = None
     view: LiveViewSink | None = None
+    owned_renderer: FaceRenderer | None = None
     completed = False
     try:
         info = _wait_for_input(source, stop)
         if info is None:
             return LiveReport(seconds=time.monotonic() - started, interrupted=stop.is_set())
         detector = detector or _build_live_detector(options)
+        if renderer is None:
+            renderer = owned_renderer = build_renderer(options)
         anonymizer = build_anonymizer(options, info, live=True, detector=detector, renderer=renderer)
         if output is not None:
             if Path(output).exists() and Path(output).resolve() == Path(str(target.location)).resolve():
@@ -599,17 +615,24 @@ def run_live(
             started=started,
             stats_interval=stats_interval,
             on_stats=on_stats,
+            on_main_thread=view.pump,
         )
         completed = True
         return report
     finally:
+        stop.set()
         if timer is not None:
             timer.cancel()
         source.close()
         if view is not None:
             view.close()
         if recorder is not None:
-            recorder.close(complete=completed)
+            if completed:
+                recorder.close()
+            else:
+                recorder.abort()  # a playable file of what was recorded; the error is what the user sees
+        if owned_renderer is not None:
+            close_renderer(owned_renderer)
 
 
 # -- command line ---------------------------------------------------------------------------------
@@ -623,16 +646,38 @@ def _stderr_line(prefix: str) -> Callable[[str], None]:
 
 
 def _summary(name: str, report: LiveReport) -> str:
-    latency = f", latency p50 {report.latency_ms_p50:.0f} ms p95 {report.latency_ms_p95:.0f} ms" if report.latency_ms_p50 is not None else ""
+    latency = (
+        f", latency p50 {report.latency_ms_p50:.0f} ms p95 {report.latency_ms_p95:.0f} ms p99 {report.latency_ms_p99:.0f} ms"
+        if report.latency_ms_p50 is not None and report.latency_ms_p95 is not None and report.latency_ms_p99 is not None
+        else ""
+    )
     faces = {k.removeprefix("faces_"): v for k, v in report.stats.items() if k.startswith("faces_")}
     text = (
         f"{name}: {report.seconds:.1f} s, in {report.frames_in} frames ({report.input_fps:.1f} fps), "
-        f"out {report.frames_out} ({report.output_fps:.1f} fps), dropped {report.frames_dropped}{latency}, "
+        f"out {report.frames_out} ({report.output_fps:.1f} fps), dropped {report.frames_dropped} stale (newest-frame policy){latency}, "
         f"reconnects {report.reconnects}, faces {faces or 0}"
     )
     if report.repeated or report.neutral:
         text += f", fill frames {report.repeated} repeated/{report.neutral} neutral"
     return text
+
+
+class LiveJobError(SdganStreamError):
+    """A live or RTSP job stopped because of an error; the message is one line saying why."""
+
+
+@contextlib.contextmanager
+def _failure_in_one_line(job: str) -> Iterator[None]:
+    """Any error ending a live job becomes one line on stderr and exit status 1 (``run_handler``), so
+    that a supervisor (systemd ``Restart=on-failure``) restarts it; the traceback is logged at debug."""
+    try:
+        yield
+    except SdganStreamError:
+        raise
+    except Exception as error:
+        log.debug("%s failed", job, exc_info=True)
+        reason = (str(error).strip().splitlines() or [""])[0]
+        raise LiveJobError(f"{job} stopped: {type(error).__name__}: {reason}" if reason else f"{job} stopped: {type(error).__name__}") from error
 
 
 # Options whose default is "not set" state it in their help text; SUPPRESS keeps the help formatter from
@@ -659,7 +704,8 @@ def add_rtsp_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
             "Read IN_URL, anonymize every face, publish to OUT_URL (an RTSP server that accepts publishers, "
             "e.g. mediamtx) at the source frame rate. When the input drops, the output stays up (last covered "
             "frame, then a neutral frame) while the input reconnects with backoff. Credentials in URLs are "
-            "masked in every log line. SIGINT/SIGTERM stop cleanly (exit 0)."
+            "masked in every log line. SIGINT/SIGTERM stop cleanly (exit 0); an error that ends the filter (the "
+            "detector failing on every frame, ...) exits 1 with one line saying why, for a supervisor to restart it."
         ),
     )
     parser.add_argument("input", metavar="IN_URL", help="source stream, e.g. rtsp://user:pass@camera/stream1")
@@ -690,7 +736,8 @@ def add_live_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
         description=(
             "Capture a camera (or any live source), anonymize every face, show it and/or record it. Only the "
             "newest frame is processed when processing falls behind (stale frames are dropped and counted). "
-            "q or Esc in the preview window, Ctrl-C or SIGTERM stop cleanly (exit 0)."
+            "q or Esc in the preview window, Ctrl-C or SIGTERM stop cleanly (exit 0); an error that ends the run "
+            "exits 1 with one line saying why."
         ),
     )
     parser.add_argument(
@@ -720,7 +767,7 @@ def _run_rtsp_command(args: argparse.Namespace) -> int:
     stop = threading.Event()
     encoder = EncoderSettings(preset=args.x264_preset, bitrate=getattr(args, "bitrate", None), gop_seconds=args.gop or 1.0)
     print(f"rtsp: {redact_url(args.input)} -> {redact_url(args.output)} (Ctrl-C to stop)", file=sys.stderr, flush=True)
-    with stop_on_signals(stop):
+    with stop_on_signals(stop), _failure_in_one_line("rtsp filter"):
         report = run_rtsp_filter(
             args.input,
             args.output,
@@ -754,7 +801,7 @@ def _run_live_command(args: argparse.Namespace, *, preview: PreviewSink | None =
     if preview is None and output is None:
         print("live: no --preview and no -o: anonymizing without showing or recording (stats only)", file=sys.stderr)
     stop = threading.Event()
-    with stop_on_signals(stop):
+    with stop_on_signals(stop), _failure_in_one_line("live"):
         report = run_live(
             args.camera,
             options=options,

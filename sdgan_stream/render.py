@@ -158,6 +158,12 @@ class SdganRenderer:
             guard=guard,
         )
 
+    def close(self) -> None:
+        """Release the generator backend (onnxruntime's worker pool); the job that built it calls this."""
+        close = getattr(self.backend, "close", None)
+        if close is not None:
+            close()
+
     def render(self, image: np.ndarray, faces: Sequence[Face]) -> list[FaceOutcome]:
         outcomes: list[FaceOutcome] = []
         candidates: list[PreparedFace] = []

@@ -50,6 +50,9 @@ class VideoFrame:
     pts: int | None
     time_base: Fraction | None
     capture_time: float = 0.0  # time.monotonic() when decoded/captured; for latency statistics
+    # Input of more than 8 bits: the decoded picture as (H, W, 3) uint16 RGB, stored orientation. Stages
+    # draw on ``image``; the sink keeps these samples wherever ``image`` was left unchanged.
+    deep: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def seconds(self) -> float | None:

@@ -8,10 +8,14 @@
 - :class:`StreamChecker`: reads a stream and checks every frame on the fly: decodes the barcode,
   and verifies every true face of that frame is covered (same detail-correlation test as
   tests/test_file_anonymizer.py); counts repeated, neutral and unknown frames and input sessions.
+- :func:`finishes_within`, :func:`wait_for`, :class:`FakeClock`, :func:`wait_listening`: tests that
+  wait for evidence (a state reached, a port listening) and fail, with every thread's stack, when it
+  never comes, instead of hanging or racing a clock.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import select
 import shutil
@@ -19,9 +23,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import cv2
@@ -52,6 +58,86 @@ def gst_rtsp_missing() -> str | None:
     if probe.returncode != 0:
         return "GStreamer RTSP server missing (gir1.2-gst-rtsp-server-1.0 python3-gi ...; scripts/test.sh installs them)"
     return None
+
+
+# -- waiting for evidence ----------------------------------------------------------------------------
+
+
+def finishes_within(seconds: float, function: Callable[..., object], *args: object, **kwargs: object) -> object:
+    """``function(*args, **kwargs)`` on a daemon thread: its result, or its exception re-raised.
+
+    Still running after ``seconds``: every thread's stack goes to stderr and the test fails (pytest-
+    timeout is not installed; a hang must fail the test, not stall CI). The bound is generous: it
+    catches a thread that never ends, it does not time anything.
+    """
+    import pytest
+
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = function(*args, **kwargs)
+        except BaseException as error:  # handed to the test's thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, name="finishes-within", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        pytest.fail(f"{getattr(function, '__name__', function)} did not finish within {seconds:.0f} s: hung (stacks above)")
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome.get("value")
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll ``condition`` until it holds; an AssertionError naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.02)
+
+
+PIPELINE_THREADS = ("sdgan-decode", "sdgan-encode", "sdgan-capture", "sdgan-publish", "sdgan-stats")
+
+
+def live_threads(names: tuple[str, ...] = PIPELINE_THREADS, *, besides: Collection[threading.Thread] = ()) -> list[threading.Thread]:
+    """The package's pipeline threads still alive, other than ``besides`` (those running before a test)."""
+    return [t for t in threading.enumerate() if t.is_alive() and t.name.startswith(names) and t not in besides]
+
+
+class FakeClock:
+    """A monotonic clock that only moves when the test says so (exact binary fractions keep sums exact)."""
+
+    def __init__(self, start: float = 1024.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def wait_listening(port: int, timeout: float = 60.0) -> None:
+    """Wait until something listens on TCP ``port`` of 127.0.0.1 (read from /proc/net/tcp: connecting
+    to probe it would be taken for a client by a server that accepts one)."""
+
+    def listening() -> bool:
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                lines = Path(table).read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for line in lines:
+                fields = line.split()
+                if fields[1].rsplit(":", 1)[1] == f"{port:04X}" and fields[3] == "0A":  # 0A = LISTEN
+                    return True
+        return False
+
+    wait_for(listening, timeout, f"a listener on port {port}")
 
 
 # -- frame-index barcode ------------------------------------------------------------------------------
@@ -193,11 +279,15 @@ class CheckResult:
     worst_correlation: float = 0.0
     sessions: list[float] = field(default_factory=list)  # arrival time of the first frame of each input session
     arrivals: list[float] = field(default_factory=list)  # arrival time of every distinct indexed frame
+    repeat_arrivals: list[float] = field(default_factory=list)  # arrival time of every repeated frame
     pts: list[int] = field(default_factory=list)
     leaks: list[tuple[int, float]] = field(default_factory=list)  # (index, correlation), first few
     errors: list[str] = field(default_factory=list)
     sequence: list[tuple[float, int | None, int | None]] = field(default_factory=list, repr=False)  # (arrival, pts, index)
     first_frame_at: float | None = None
+
+    def repeats_between(self, start: float, end: float) -> int:
+        return sum(start <= t <= end for t in self.repeat_arrivals)
 
     @property
     def leak_rate(self) -> float:
@@ -268,6 +358,7 @@ class StreamChecker:
         r.indexed += 1
         if index == self._last_index:
             r.repeats += 1
+            r.repeat_arrivals.append(now)
         else:
             r.distinct += 1
             r.arrivals.append(now)
@@ -282,6 +373,46 @@ class StreamChecker:
         r.worst_correlation = max(r.worst_correlation, worst)
         if leaked and len(r.leaks) < 20:
             r.leaks.append((index, worst))
+
+
+def checker_process(url: str, clip: str, boxes: list, threshold: float, ready: Any, stop: Any, results: Any) -> None:
+    """Body of a reader *process* (benchmarks): a :class:`StreamChecker` on ``url`` until ``stop`` is
+    set, its result sent back through ``results``; ``ready`` is set at the first frame received. A
+    process of its own, so that checking frames does not take the GIL from the filter being measured."""
+    checker = StreamChecker(url, GroundTruth(clip, boxes), threshold=threshold).start()
+    while not stop.wait(0.05):
+        if checker.result.frames:
+            ready.set()
+            break
+    stop.wait()
+    result = checker.stop()
+    result.sequence = []  # large and not needed by the parent
+    results.put(result)
+
+
+def repeat_clip(source: str | Path, target: str | Path, times: int) -> Path:
+    """``source`` played ``times`` times in a row, as one file (packets copied, timestamps shifted): a
+    long input for a soak without encoding it (the test server plays a clip once per connection)."""
+    target = Path(target)
+    with av.open(str(target), "w") as out:
+        stream = None
+        offset = 0
+        for _ in range(times):
+            with av.open(str(source)) as container:
+                video = container.streams.video[0]
+                if stream is None:
+                    stream = out.add_stream_from_template(video)
+                end = offset
+                for packet in container.demux(video):
+                    if packet.dts is None or not packet.size:
+                        continue
+                    step = packet.duration or 1
+                    packet.pts, packet.dts = packet.pts + offset, packet.dts + offset
+                    end = max(end, packet.pts + step)
+                    packet.stream = stream
+                    out.mux(packet)
+                offset = end
+    return target
 
 
 # -- the RTSP server process -----------------------------------------------------------------------

@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import queue
+import socket
 import threading
 import time
+from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +26,22 @@ from sdgan_stream.live import (
     draw_overlay,
     is_quit_key,
     run_live,
-    stop_on_signals,
 )
+from sdgan_stream.pipeline import stop_on_signals
 from sdgan_stream.redact import RedactingFilter, install_log_redaction, redact_text, redact_url
 from sdgan_stream.types import VideoFrame
 
 from .conftest import read_frames
-from .live_support import GroundTruth, IndexedClip, make_indexed_clip, read_index, stamp_index
+from .live_support import (
+    GroundTruth,
+    IndexedClip,
+    finishes_within,
+    live_threads,
+    make_indexed_clip,
+    read_index,
+    stamp_index,
+    wait_for,
+)
 
 COVERS = dict(method="pixelate", track=False)
 LAVFI = "lavfi:testsrc2=size=320x180:rate=25,realtime"
@@ -40,14 +54,16 @@ def indexed_clip(tmp_path_factory: pytest.TempPathFactory) -> IndexedClip:
 
 
 class FakePreview:
-    """Headless preview: records what would be shown, presses ``key`` after ``after`` frames."""
+    """Headless preview: records what would be shown (and on which thread), presses ``key`` after ``after`` frames."""
 
     def __init__(self, *, key: int = ord("q"), after: int | None = None) -> None:
         self.shown: list[np.ndarray] = []
+        self.threads: set[threading.Thread] = set()
         self.key, self.after = key, after
         self.closed = False
 
     def show(self, image: np.ndarray) -> int:
+        self.threads.add(threading.current_thread())
         self.shown.append(image)
         return self.key if self.after is not None and len(self.shown) >= self.after else -1
 
@@ -101,38 +117,90 @@ def test_lavfi_realtime_source_is_paced_and_stamped() -> None:
     assert frames[0].image.shape == (180, 320, 3) and frames[0].image.dtype == np.uint8
 
 
+class FeedConnection:
+    """A camera the test feeds frame by frame (frame n is an image of grey level n)."""
+
+    width, height, fps = 32, 24, Fraction(25)
+
+    def __init__(self) -> None:
+        self.feed: queue.Queue = queue.Queue()
+        self.closed = False
+
+    def send(self, *levels: int) -> None:
+        for level in levels:
+            self.feed.put(np.full((self.height, self.width, 3), level, np.uint8))
+
+    def images(self) -> Iterator[np.ndarray]:
+        while (image := self.feed.get()) is not None:
+            yield image
+
+    def close(self) -> None:
+        self.closed = True
+
+
 def test_newest_frame_policy_drops_and_counts_stale_frames() -> None:
-    with LiveSource(LAVFI) as source:
-        assert source.wait_ready(timeout=30) is not None
+    connection = FeedConnection()
+    source = LiveSource(LAVFI)
+    source._open = lambda: connection  # type: ignore[method-assign]
+    source.start()
+    try:
         stop = threading.Event()
-        taken = []
-        for frame in source.frames(stop):
-            taken.append(frame)
-            time.sleep(0.2)  # a slow consumer: ~5 frames arrive per frame taken
-            if len(taken) == 6:
-                break
-        dropped = source.stats.dropped
-    gaps = np.diff([f.index for f in taken[1:]])
-    assert (gaps >= 2).all(), gaps  # stale frames were skipped, not queued
-    assert dropped >= 10
-    # the frame handed out is the newest one: it was captured just before it was taken
-    assert time.monotonic() - taken[-1].capture_time < 1.0
+        frames = source.frames(stop)
+        connection.send(0, 1, 2, 3, 4)  # five frames arrive while nobody takes one
+        wait_for(lambda: source.stats.captured == 5, 30, "5 frames captured")
+        frame = next(frames)
+        assert frame.index == 4 and frame.image[0, 0, 0] == 4  # the newest, not the oldest
+        assert source.stats.dropped == 4
+        connection.send(5, 6)
+        wait_for(lambda: source.stats.captured == 7, 30, "2 more frames")
+        frame = next(frames)
+        assert frame.index == 6 and source.stats.dropped == 5
+        assert [f.pts for f in (frame,)] and frame.capture_time > 0
+        connection.send(7)
+        wait_for(lambda: source.stats.captured == 8, 30, "one more frame")
+        assert next(frames).index == 7  # taken in time: nothing dropped
+        assert source.stats.dropped == 5
+    finally:
+        connection.feed.put(None)  # the camera ends
+        source.close()
+    assert connection.closed and not source.running
 
 
 def test_a_source_that_is_down_retries_with_backoff_until_stopped() -> None:
     source = LiveSource("rtsp://user:pw@127.0.0.1:9/none", backoff=Backoff(initial=0.05, maximum=0.2), open_timeout=2, read_timeout=2).start()
     try:
+        wait_for(lambda: source.stats.failures >= 3, 60, "3 failed attempts")
         stop = threading.Event()
-        assert source.wait_ready(stop, timeout=1.5) is None
-        assert source.stats.failures >= 3 and not source.stats.connected and source.running
+        assert source.wait_ready(stop, timeout=0) is None
+        assert not source.stats.connected and source.running
         assert "pw" not in source.stats.last_error and "***@" in source.stats.last_error
-        stopper = threading.Timer(0.3, stop.set)
-        stopper.start()
-        started = time.monotonic()
-        assert list(source.frames(stop)) == []
-        assert time.monotonic() - started < 5
+        waiting = threading.Thread(target=lambda: list(source.frames(stop)), daemon=True)
+        waiting.start()  # a consumer waiting for a frame that does not come ...
+        stop.set()  # ... returns once the job stops
+        finishes_within(30, waiting.join)
+        assert not waiting.is_alive()
     finally:
         source.close()
+    assert not source.running
+
+
+def test_close_waits_until_the_capture_thread_has_left_ffmpeg() -> None:
+    """A server that accepts the connection and says nothing: the capture thread sits in FFmpeg's
+    open until open_timeout. close() must not return before it is out (it used to give up after 2 s
+    and leave the thread inside FFmpeg)."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        accepted: list[socket.socket] = []
+        threading.Thread(target=lambda: accepted.append(server.accept()[0]), daemon=True).start()
+        source = LiveSource(f"rtsp://127.0.0.1:{server.getsockname()[1]}/silent", open_timeout=3, read_timeout=3).start()
+        try:
+            wait_for(lambda: accepted, 30, "FFmpeg to connect")
+            finishes_within(60, source.close)
+            assert not source.running
+        finally:
+            for connection in accepted:
+                connection.close()
 
 
 def test_a_camera_that_cannot_open_is_an_error() -> None:
@@ -144,6 +212,20 @@ def test_a_camera_that_cannot_open_is_an_error() -> None:
     with pytest.raises(InputError):
         webcam.wait_ready(timeout=30)
     webcam.close()
+
+
+def test_a_camera_flapping_for_days_keeps_bounded_state(caplog: pytest.LogCaptureFixture) -> None:
+    source = LiveSource(LAVFI)
+    connection = FeedConnection()
+    image = np.zeros((24, 32, 3), np.uint8)
+    with caplog.at_level(logging.ERROR):  # 10000 outages are 10000 warnings
+        for _ in range(10_000):
+            source._up(connection)
+            source._publish(image)
+            source._lost("input lost", retrying=True)
+    assert len(source.stats.events) <= 256 and len(source._session_starts) <= 512
+    assert source.session_of(source._next_index - 1) == 9_999  # session numbers still count every reconnect
+    assert source.session_of(source._next_index - 2) == 9_998
 
 
 def test_session_of_maps_frames_to_connections() -> None:
@@ -190,7 +272,12 @@ def test_view_sink_shows_overlay_records_clean_frames_and_quits_on_q() -> None:
     for i in range(3):
         image = np.full((120, 160, 3), 90, np.uint8)
         sink.write(VideoFrame(image=image, index=i, pts=9000 + 3600 * i, time_base=None, capture_time=now - 0.05))
+        assert len(preview.shown) == i  # write (encoder thread) never touches the window ...
+        sink.pump()  # ... the main thread shows the newest frame
+        assert len(preview.shown) == i + 1
         assert stop.is_set() == (i == 2)
+    sink.pump()
+    assert len(preview.shown) == 3  # nothing new, and q was pressed: nothing more on screen
     assert len(preview.shown) == 3 and preview.shown[0][:10].mean() < 90  # overlay band
     assert all((f.image == 90).all() for f in recorded)  # recording without the overlay
     assert [f.pts for f in recorded] == [0, 3600, 7200]  # the recording starts at 0
@@ -237,6 +324,7 @@ def test_live_webcam_stand_in_preview_recording_and_q(indexed_clip: IndexedClip,
     assert report.frames_in >= report.frames_out and report.frames_dropped == report.frames_in - report.frames_processed
     assert report.latency_ms_p50 is not None and report.latency_ms_p50 > 0
     assert preview.closed and len(preview.shown) == 40  # frames still in flight after q are not shown
+    assert preview.threads == {threading.main_thread()}  # windows live on the main thread (macOS allows no other)
     assert lines and "fps" in lines[0] and "latency" in lines[0]
     assert _assert_recording_covers_faces(out, indexed_clip) >= 2 * 30
     # recorded timestamps follow capture time: ~real time even when frames were dropped
@@ -258,6 +346,84 @@ def test_live_stops_on_duration_with_lavfi() -> None:
     report = run_live(LAVFI, duration=2.0, stats_interval=0, **COVERS)
     assert report.interrupted and report.frames_out > 10
     assert time.monotonic() - started < 30
+
+
+# -- failures end the run, every thread, within bounded time -------------------------------------------------
+
+
+class BrokenDetector:
+    def detect(self, image: np.ndarray) -> None:
+        raise RuntimeError("detector exploded")
+
+
+def _open_descriptors(path: Path) -> list[str]:
+    links = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            links.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:  # closed meanwhile
+            continue
+    return [link for link in links if str(path) in link]
+
+
+def test_a_detector_failing_on_every_frame_ends_a_live_run_with_a_playable_recording(tmp_path: Path) -> None:
+    before = set(threading.enumerate())
+    out = tmp_path / "failed.mp4"
+    with pytest.raises(RuntimeError, match="in a row"):
+        finishes_within(120, run_live, LAVFI, output=out, detector=BrokenDetector(), stats_interval=0.2, **COVERS)
+    assert not live_threads(besides=before)
+    frames, pts, _ = read_frames(out)  # what was recorded before the failure: every frame covered whole
+    assert frames and pts == sorted(pts)
+    assert not _open_descriptors(out)
+
+
+def test_a_failing_preview_ends_a_live_run() -> None:
+    class BrokenPreview(FakePreview):
+        def show(self, image: np.ndarray) -> int:
+            raise RuntimeError("window gone")
+
+    before = set(threading.enumerate())
+    preview = BrokenPreview()
+    with pytest.raises(RuntimeError, match="window gone"):
+        finishes_within(120, run_live, LAVFI, preview=preview, stats_interval=0, **COVERS)
+    assert preview.closed and not live_threads(besides=before)
+
+
+def test_on_start_raising_closes_the_recording_the_source_and_the_renderer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sdgan_stream.anonymize import CoverRenderer
+
+    closed: list[str] = []
+
+    class Renderer(CoverRenderer):
+        def close(self) -> None:
+            closed.append(self.name)
+
+    monkeypatch.setattr("sdgan_stream.api.build_renderer", lambda options: Renderer(method="pixelate"))
+    before = set(threading.enumerate())
+    out = tmp_path / "never.mp4"
+
+    def on_start(_parts: object) -> None:
+        raise RuntimeError("monitoring failed to start")
+
+    with pytest.raises(RuntimeError, match="monitoring"):
+        finishes_within(120, run_live, LAVFI, output=out, on_start=on_start, stats_interval=0, **COVERS)
+    assert not out.exists() and not _open_descriptors(out)  # no frame recorded: no file left, none open
+    assert not live_threads(besides=before)
+    assert closed == ["pixelate"]  # the renderer it built (a generator backend's threads) is released
+    stop = threading.Event()
+    finishes_within(120, run_live, LAVFI, stop_event=stop, on_start=lambda _parts: stop.set(), stats_interval=0, **COVERS)
+    assert closed == ["pixelate", "pixelate"]  # on a clean stop as well
+
+
+def test_live_command_failure_is_one_line_and_exit_1(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from sdgan_stream.cli import main
+    from sdgan_stream.detect import CenterFaceDetector
+
+    monkeypatch.setattr(CenterFaceDetector, "detect", BrokenDetector.detect)
+    code = finishes_within(120, main, ["live", "--camera", LAVFI, "--method", "pixelate", "--no-track", "--stats-interval", "0"])
+    assert code == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == "error: live stopped: RuntimeError: face analysis failed on 25 frames in a row; giving up"
 
 
 # -- the live command ------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+from collections import deque
 import os
 import sys
 import threading
@@ -50,6 +51,7 @@ __all__ = [
 CaptureBackend = Literal["auto", "pyav", "opencv"]
 CAPTURE_TIME_BASE = Fraction(1, 90000)
 _POLL_SECONDS = 0.1
+_EVENTS_KEPT = 256
 _NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "srt", "udp", "tcp", "rtp")
 
 
@@ -265,7 +267,8 @@ class LiveSourceStats:
     connected: bool = False
     last_error: str = ""  # credentials masked
     down_since: float | None = None  # monotonic time the input was lost; None while up
-    events: list[tuple[float, str]] = field(default_factory=list, repr=False)  # (monotonic, "up"|"down")
+    # (monotonic, "up"|"down"), the newest only: a camera that flaps for days must not grow this
+    events: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=_EVENTS_KEPT), repr=False)
 
     @property
     def reconnects(self) -> int:
@@ -324,7 +327,8 @@ class LiveSource:
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_index = 0
-        self._session_starts: list[int] = []  # index of the first frame of each session
+        self._session_starts: list[int] = []  # index of the first frame of each recent session
+        self._sessions_forgotten = 0  # sessions trimmed from the front of that list (bounded memory)
         self._epoch = clock()
         self.info: VideoInfo | None = None  # set from the first frame
 
@@ -366,7 +370,7 @@ class LiveSource:
 
     def session_of(self, index: int) -> int:
         """Which connection (0-based) the frame with this ``index`` came from."""
-        return max(bisect.bisect_right(self._session_starts, index) - 1, 0)
+        return self._sessions_forgotten + max(bisect.bisect_right(self._session_starts, index) - 1, 0)
 
     @property
     def finished(self) -> bool:
@@ -377,14 +381,24 @@ class LiveSource:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def close(self, timeout: float = 2.0) -> None:
-        """Stop capturing. A read blocked in the network returns within ``read_timeout``; the thread is a
-        daemon, so a caller never waits longer than ``timeout`` here."""
+    def close(self, timeout: float | None = None) -> None:
+        """Stop capturing and wait for the capture thread to leave FFmpeg.
+
+        FFmpeg cannot be interrupted from another thread, but every blocking call it makes here is
+        bounded: an open by ``open_timeout``, a read by ``read_timeout`` (a paced file or a lavfi graph
+        by one frame). So the thread ends within that bound, and ``close`` waits for it (``timeout``
+        overrides the bound); the connection is closed by the thread itself, never under a read.
+        """
         self._closing.set()
         with self._cond:
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        if self._thread is None:
+            return
+        if timeout is None:
+            timeout = max(self.open_timeout, self.read_timeout) + 2.0
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("the capture thread of %s is still blocked after %.0f s; leaving it behind", self.target.display, timeout)
 
     def __enter__(self) -> LiveSource:
         return self.start()
@@ -489,6 +503,9 @@ class LiveSource:
         self.stats.events.append((now, "up"))
         with self._cond:
             self._session_starts.append(self._next_index)
+            if len(self._session_starts) > 2 * _EVENTS_KEPT:  # frames in flight are all from recent sessions
+                del self._session_starts[:_EVENTS_KEPT]
+                self._sessions_forgotten += _EVENTS_KEPT
             if self.info is None:
                 fps = _usable_rate(Fraction(self.requested_fps).limit_denominator(1001) if self.requested_fps else None, connection.fps)
                 self.info = VideoInfo(

@@ -1,11 +1,14 @@
-"""Publishing anonymized video to an RTSP server (PyAV's ``rtsp`` muxer), on a steady clock.
+"""Publishing anonymized video to an RTSP server (PyAV's ``rtsp`` muxer).
 
-:class:`RtspPublisher` is a pipeline sink with its own thread. ``write`` hands it an anonymized frame
-and returns at once; the thread encodes each new frame as soon as it arrives, stamped with the
-publisher's monotonic clock (time base 1/90000), so timestamps only ever go forward, across input
-reconnects too. When no new frame has come for two frame periods (input down, or a stall) the thread
-keeps the output alive at the source rate: it repeats the last published frame for ``hold_seconds``,
-then sends a neutral grey frame until frames come back.
+:class:`RtspPublisher` is a pipeline sink with its own thread, which alone owns the connection (opens,
+sends, closes it). ``write`` hands it one anonymized frame and waits only until the previous one has
+been taken, so every processed frame is published exactly once; when the filter cannot keep up, the
+stale frames are dropped at the *input* (the pipeline's newest-frame policy), not here. Each frame is
+stamped with its own capture time (time base 1/90000, on the publisher's clock), so the output's
+timing follows the camera's, not the processing jitter; timestamps only ever go forward, across input
+reconnects too. When no new frame has come for ``stall_seconds`` (input down, or a long stall) the
+thread keeps the output alive at the source rate: it repeats the last published frame until
+``hold_seconds`` after it, then sends a neutral grey frame until frames come back.
 
 Privacy: the publisher only ever encodes (a) frames given to :meth:`RtspPublisher.write` - the
 pipeline gives it the anonymizer's output and nothing else - and (b) its own neutral frame. It never
@@ -42,6 +45,7 @@ __all__ = ["EncoderSettings", "PublisherStats", "RtspOutput", "RtspPublisher", "
 TIME_BASE = Fraction(1, 90000)  # RTP's video clock
 FrameKind = Literal["fresh", "repeat", "neutral"]
 _LATENCY_WINDOW = 2048
+_POLL_SECONDS = 0.1
 _WARN_AFTER_SECONDS = 1.0  # a gap in the frames shorter than this is a stall, not an outage
 
 
@@ -114,7 +118,13 @@ class RtspOutput:
     ) -> None:
         settings = settings or EncoderSettings()
         fmt = output_format_for(url)
-        options = {"rtsp_transport": transport} if fmt == "rtsp" else {}
+        options: dict[str, str] = {}
+        if fmt == "rtsp":
+            options["rtsp_transport"] = transport
+            if timeout is not None and timeout[1] is not None:
+                # PyAV's own timeout covers the open only: without this, a send to a server that stopped
+                # reading blocks (and so does shutdown) for as long as TCP keeps trying
+                options["timeout"] = str(int(timeout[1] * 1_000_000))
         self._display = redact_url(url)
         try:
             self._container = av.open(url, mode="w", format=fmt, options=options, timeout=timeout)
@@ -161,13 +171,13 @@ class PublisherStats:
     fresh: int = 0  # anonymized frames published
     repeated: int = 0  # repeats of the last published frame (no new frame in time)
     neutral: int = 0  # neutral frames (nothing to repeat, or held too long)
-    superseded: int = 0  # frames written while the previous one was still waiting: never published
     output_skipped: int = 0  # frames due while the server connection was down
     output_errors: int = 0
     sessions: int = 0  # successful output (re)connections
     connected: bool = False
     latencies: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW), repr=False)
-    events: list[tuple[float, FrameKind]] = field(default_factory=list, repr=False)  # changes of frame kind
+    # changes of frame kind (monotonic time, kind), the newest only: bounded on a stream of days
+    events: deque[tuple[float, FrameKind]] = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW), repr=False)
 
     @property
     def published(self) -> int:
@@ -191,6 +201,7 @@ class RtspPublisher:
         fps: float,
         transport: Literal["tcp", "udp"] = "tcp",
         hold_seconds: float = 2.0,
+        stall_seconds: float = 0.5,
         settings: EncoderSettings | None = None,
         backoff: Backoff | None = None,
         open_output: Callable[[], Output] | None = None,
@@ -205,6 +216,8 @@ class RtspPublisher:
         self.fps = float(fps)
         self.period = 1.0 / self.fps
         self.hold_seconds = hold_seconds
+        # A gap shorter than this is processing jitter: the viewer just waits for the next frame.
+        self.stall_seconds = max(stall_seconds, self.period)
         self.backoff = backoff or Backoff(initial=0.5, maximum=5.0)
         self._open_output = open_output or (
             lambda: RtspOutput(url, width=self.width, height=self.height, fps=self.fps, transport=transport, settings=settings)
@@ -225,8 +238,11 @@ class RtspPublisher:
         self._warned_gap = False
         self._gap_started = 0.0
         self._last_pts = -1
+        self._pts_offset = 0  # added to capture-time stamps so they never go back (see _stamp)
+        self._last_latency = 0.0
         self._epoch = clock()
         self._failure: BaseException | None = None
+        self._stopped = False  # the thread has ended (closed or failed)
 
     # -- pipeline side --------------------------------------------------------------------------
     def start(self) -> RtspPublisher:
@@ -236,23 +252,32 @@ class RtspPublisher:
         return self
 
     def write(self, frame: VideoFrame) -> None:
-        """Hand over one *anonymized* frame; returns at once (the newest frame wins)."""
-        if self._failure is not None:
-            raise self._failure
+        """Hand over one *anonymized* frame; waits only while the previous one has not been taken yet.
+        Raises the publishing thread's error once it has failed, :class:`OutputError` once closed."""
         with self._cond:
-            if self._pending is not None:
-                self.stats.superseded += 1
+            while self._pending is not None and not self._stopped and not self._closing:
+                self._cond.wait(_POLL_SECONDS)
+            if self._failure is not None:
+                raise self._failure
+            if self._stopped or self._closing or self._thread is None:
+                raise OutputError(f"the publisher to {self.display_url} is not running")
             self._pending = frame
             self._cond.notify_all()
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Stop the thread and close the connection (the server sees a TEARDOWN)."""
+    def close(self, timeout: float = 15.0) -> None:
+        """Publish the frame still waiting, stop the thread; the thread closes the connection (the
+        server sees a TEARDOWN). Never closes the connection under a ``send`` still running: if the
+        thread does not end within ``timeout`` (a send stuck on the network, which its own timeout
+        ends), it is left to close the connection itself."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
-        self._disconnect()
+        if self._thread is None:
+            self._disconnect()
+            return
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("the publishing thread did not end within %.0f s; it closes the output when its send returns", timeout)
 
     def __enter__(self) -> RtspPublisher:
         return self.start()
@@ -262,40 +287,57 @@ class RtspPublisher:
 
     # -- publishing thread ----------------------------------------------------------------------
     def _run(self) -> None:
-        deadline = self._clock() + 2 * self.period
+        fill_at = self._clock() + self.stall_seconds
         try:
             while True:
                 with self._cond:
                     while self._pending is None and not self._closing:
-                        wait = deadline - self._clock()
+                        wait = fill_at - self._clock()
                         if wait <= 0:
                             break
-                        self._cond.wait(wait)
-                    if self._closing:
+                        self._cond.wait(min(wait, _POLL_SECONDS))  # polls: the clock may be a test's
+                    if self._closing and self._pending is None:
                         return
                     frame, self._pending = self._pending, None
+                    self._cond.notify_all()  # the writer may hand over the next frame
                 now = self._clock()
                 if frame is not None:
                     image = self._fit(frame.image)
                     self._last_image, self._last_fresh_at = image, now
                     self._emit(image, "fresh", now, frame.capture_time)
-                    # One late frame is jitter, not an outage: fill only after two periods.
-                    deadline = now + 2 * self.period
+                    fill_at = now + self.stall_seconds
                 else:
                     if self._last_image is not None and now - self._last_fresh_at <= self.hold_seconds:
                         self._emit(self._last_image, "repeat", now, None)
                     else:
                         self._emit(self._neutral, "neutral", now, None)
                     # Fill on a steady grid; if encoding fell behind, start a new grid from now.
-                    deadline = deadline + self.period if deadline + self.period > now else now + self.period
+                    fill_at = fill_at + self.period if fill_at + self.period > now else now + self.period
         except BaseException as error:  # handed to the pipeline on its next write()
             log.exception("publisher thread failed")
             self._failure = error
+        finally:
+            self._disconnect()  # only this thread ever sends, so only it closes the connection
+            with self._cond:
+                self._stopped = True
+                self._cond.notify_all()
 
     def _fit(self, image: np.ndarray) -> np.ndarray:
         if image.shape[1] == self.width and image.shape[0] == self.height:
             return image
         return cv2.resize(image, (self.width, self.height), interpolation=cv2.INTER_AREA)
+
+    def _stamp(self, now: float, capture_time: float | None) -> int:
+        """pts of the next frame: its capture time on the publisher's clock (fill frames: now, less the
+        last frame's latency, so they sit on the same timeline). A stamp that would not be after the
+        previous one (a frame captured before the publisher started, a slow first frame after an
+        outage) moves the whole timeline forward for good, rather than nudging single frames."""
+        when = capture_time if capture_time else now - self._last_latency
+        pts = round((when - self._epoch) / TIME_BASE) + self._pts_offset
+        if pts <= self._last_pts:
+            self._pts_offset += self._last_pts + 1 - pts
+            pts = self._last_pts + 1
+        return pts
 
     def _emit(self, image: np.ndarray, kind: FrameKind, now: float, capture_time: float | None) -> None:
         self._log_kind_change(kind, now)
@@ -303,7 +345,7 @@ class RtspPublisher:
         if output is None:
             self.stats.output_skipped += 1
             return
-        pts = max(round((now - self._epoch) / TIME_BASE), self._last_pts + 1)
+        pts = self._stamp(now, capture_time)
         try:
             output.send(image, pts)
         except OutputError as error:
@@ -316,7 +358,8 @@ class RtspPublisher:
             self.stats.fresh += 1
             if capture_time:
                 sent = self._clock()
-                self.stats.latencies.append((sent, sent - capture_time))
+                self._last_latency = sent - capture_time
+                self.stats.latencies.append((sent, self._last_latency))
         elif kind == "repeat":
             self.stats.repeated += 1
         else:

@@ -1,8 +1,15 @@
-"""Writing the anonymized video with PyAV: same size, same pts and time base, same rotation, audio copied.
+"""Writing the anonymized video with PyAV: same size, same pts and time base, same rotation, same
+colour tags and (with H.264) bit depth, audio copied.
 
 Every output frame gets its input frame's ``pts`` in the input's time base, and the output stream uses
 that same time base, so frame timing (variable frame rate included) survives exactly. Audio packets are
 copied byte for byte from the input file (read by a second demuxer) and interleaved by time.
+
+Colour: the input's range, matrix, primaries and transfer are written as the output's tags, and RGB is
+converted to YUV with the input's matrix and range (not swscale's BT.601 default), so colours do not
+shift and HDR input stays tagged as HDR. Input of more than 8 bits is encoded 10-bit (x264 High 10)
+from the 16-bit samples the source kept (``VideoFrame.deep``), wherever the anonymizer left the
+picture unchanged; what it drew comes from its 8-bit picture.
 """
 
 from __future__ import annotations
@@ -12,9 +19,12 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
+import numpy as np
 
 from ..errors import OutputError
 from ..types import VideoFrame, VideoInfo
+from .source import ColourInfo
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +32,26 @@ __all__ = ["VideoFileSink", "output_path_for"]
 
 # Containers that cannot hold H.264: encode VP9 there instead.
 _VP9_CONTAINERS = frozenset({".webm"})
+# FFmpeg AVColorSpace (what streams are tagged with) -> swscale SWS_CS_* (what its converter takes).
+_SWS_MATRIX = {1: 1, 4: 4, 5: 5, 6: 5, 7: 7, 9: 9, 10: 9}
+_LIMITED_RANGE = 1
+# Around every pixel the anonymizer changed, this many pixels also take its 8-bit value: no stray
+# original sample inside a cover keeps its low bits.
+_DEEP_MARGIN = 4
+
+
+def keep_deep_samples(image: np.ndarray, deep: np.ndarray) -> np.ndarray:
+    """16-bit RGB for the encoder: ``deep`` (the input's own samples) where ``image`` (8-bit, what the
+    stages drew on) still shows the input, ``image`` scaled to 16 bits where it was changed."""
+    unchanged = ((deep.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    changed = np.any(image != unchanged, axis=2)
+    if not changed.any():
+        return deep
+    size = 2 * _DEEP_MARGIN + 1
+    changed = cv2.dilate(changed.astype(np.uint8), np.ones((size, size), np.uint8)).astype(bool)
+    out = deep.copy()
+    out[changed] = image[changed].astype(np.uint16) * 257
+    return out
 
 
 def output_path_for(input_path: Path, suffix: str = "_anonymized") -> Path:
@@ -97,9 +127,11 @@ class VideoFileSink:
         crf: int = 20,
         preset: str = "veryfast",
         audio_from: str | Path | None = None,
+        colour: ColourInfo | None = None,
     ) -> None:
         self.path = Path(path)
         self.info = info
+        self.colour = colour or ColourInfo()
         if not self.path.parent.exists():
             raise OutputError(f"output folder does not exist: {self.path.parent}")
         try:
@@ -134,9 +166,18 @@ class VideoFileSink:
         stream.width, stream.height = info.width, info.height
         # 4:2:0 needs even dimensions; odd-sized input keeps its exact size in 4:4:4 instead.
         even = info.width % 2 == 0 and info.height % 2 == 0
-        stream.pix_fmt = "yuv420p" if even else "yuv444p"
+        self._deep = self.colour.bits > 8 and not vp9
+        if self.colour.bits > 8 and vp9:
+            log.warning("%d-bit input: the VP9 encoder here writes 8-bit only; use an .mp4/.mkv output to keep 10-bit", self.colour.bits)
+        elif self.colour.bits > 10:
+            log.warning("%d-bit input: written as 10-bit, the most x264 takes", self.colour.bits)
+        stream.pix_fmt = ("yuv420p" if even else "yuv444p") + ("10le" if self._deep else "")
         if not even:
             log.warning("odd frame size %dx%d: encoding 4:4:4 to keep the exact size", info.width, info.height)
+        colour = self.colour
+        context = stream.codec_context
+        context.color_range = colour.color_range or _LIMITED_RANGE
+        context.colorspace, context.color_primaries, context.color_trc = colour.colorspace, colour.color_primaries, colour.color_trc
         if info.time_base is not None:
             stream.time_base = info.time_base
             stream.codec_context.time_base = info.time_base
@@ -166,9 +207,22 @@ class VideoFileSink:
             pts = self._last_pts + 1
         return pts
 
+    def _to_yuv(self, frame: VideoFrame) -> av.VideoFrame:
+        """RGB -> the stream's YUV with the input's matrix and range, at the stream's bit depth."""
+        if self._deep:
+            deep = frame.deep if frame.deep is not None else frame.image.astype(np.uint16) * 257
+            rgb = av.VideoFrame.from_ndarray(keep_deep_samples(frame.image, deep), format="rgb48le")
+        else:
+            rgb = av.VideoFrame.from_ndarray(frame.image, format="rgb24")
+        return rgb.reformat(
+            format=self._stream.pix_fmt,
+            dst_colorspace=_SWS_MATRIX.get(self.colour.colorspace),
+            dst_color_range=self.colour.color_range or _LIMITED_RANGE,
+        )
+
     def write(self, frame: VideoFrame) -> None:
         pts = self._output_pts(frame)
-        video_frame = av.VideoFrame.from_ndarray(frame.image, format="rgb24")
+        video_frame = self._to_yuv(frame)
         video_frame.pts = pts
         video_frame.time_base = self._stream.codec_context.time_base
         try:
@@ -198,11 +252,14 @@ class VideoFileSink:
             self._container.close()
 
     def abort(self) -> None:
-        """Best-effort close after a failure: never raises, so the original error is what the user sees."""
+        """Best-effort close after a failure: never raises, so the original error is what the user sees.
+        What was written stays a playable file; an output that got no frame at all is removed."""
         try:
             self.close(complete=False)
         except Exception as error:  # the job already failed; a second error would only hide the first
             log.warning("could not finalize %s after an error: %s", self.path, error)
+        if self.frames_written == 0:
+            self.path.unlink(missing_ok=True)
 
     @property
     def audio_packets_copied(self) -> int:

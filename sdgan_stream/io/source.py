@@ -1,7 +1,11 @@
 """Reading video files with PyAV: frames in stored orientation, with their own pts and time base.
 
 Corrupt packets part-way through a file are skipped (counted and logged), not fatal: a damaged file
-still yields every frame that can be decoded.
+still yields every frame that can be decoded. Cover art (an attached picture, which FFmpeg lists as a
+video stream) is never taken for the video. Input of more than 8 bits per sample is decoded to 16-bit
+RGB as well (``VideoFrame.deep``), so that the sink can keep that precision wherever the anonymizer
+did not draw; the stages themselves see the 8-bit picture. MPEG-TS/PS timestamps (33 bits, which wrap
+after 26.5 hours) are unwrapped, so a long recording's later frames keep their timing.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import av
@@ -20,7 +25,7 @@ from ..types import VideoFrame, VideoInfo
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VIDEO_SUFFIXES", "VideoFileSource", "is_video_file"]
+__all__ = ["VIDEO_SUFFIXES", "ColourInfo", "VideoFileSource", "is_video_file"]
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".ts", ".mts", ".wmv", ".flv", ".3gp"})
 
@@ -31,6 +36,47 @@ def is_video_file(path: Path) -> bool:
 
 def _normalise_rotation(degrees: float) -> int:
     return int(round(degrees / 90.0)) * 90 % 360
+
+
+# Containers whose timestamps are 33-bit 90 kHz counters (wrap after 2**33 ticks = 26.5 hours).
+# FFmpeg corrects a wrap only near the start of a file; later ones are unwrapped here.
+_WRAPPING_FORMATS = frozenset({"mpegts", "mpeg"})
+_PTS_WRAP = 2**33
+_UNSPECIFIED = 2  # FFmpeg's AVCOL_*_UNSPECIFIED for matrix, primaries and transfer
+
+
+@dataclass(frozen=True)
+class ColourInfo:
+    """How the input's samples are to be read, for the sink to write the same: FFmpeg's AVColorRange,
+    AVColorSpace (matrix), AVColorPrimaries and AVColorTransferCharacteristic values, and bit depth."""
+
+    color_range: int = 0  # 0 unspecified, 1 limited (tv/mpeg), 2 full (pc/jpeg)
+    colorspace: int = _UNSPECIFIED
+    color_primaries: int = _UNSPECIFIED
+    color_trc: int = _UNSPECIFIED
+    bits: int = 8
+
+    @classmethod
+    def of(cls, frame: av.VideoFrame) -> ColourInfo:
+        components = frame.format.components
+        return cls(
+            color_range=int(frame.color_range or 0),
+            colorspace=int(frame.colorspace if frame.colorspace is not None else _UNSPECIFIED),
+            color_primaries=int(frame.color_primaries if frame.color_primaries is not None else _UNSPECIFIED),
+            color_trc=int(frame.color_trc if frame.color_trc is not None else _UNSPECIFIED),
+            bits=max((c.bits for c in components), default=8),
+        )
+
+
+def _video_stream(container: av.container.InputContainer, path: Path) -> av.VideoStream:
+    """The first real video stream: cover art (disposition attached_pic) is a still, not the video."""
+    attached = av.stream.Disposition.attached_pic
+    for stream in container.streams.video:
+        if not stream.disposition & attached:
+            return stream
+    if container.streams.video:
+        raise InputError(f"{path} has no video stream (only cover art)")
+    raise InputError(f"{path} has no video stream")
 
 
 class VideoFileSource:
@@ -52,10 +98,11 @@ class VideoFileSource:
             self._container = av.open(str(self.path), mode="r")
         except (av.error.FFmpegError, UnicodeDecodeError) as error:
             raise InputError(f"cannot read {self.path} as a video: {_reason(error)}") from error
-        if not self._container.streams.video:
+        try:
+            self._stream = _video_stream(self._container, self.path)
+        except InputError:
             self._container.close()
-            raise InputError(f"{self.path} has no video stream")
-        self._stream = self._container.streams.video[0]
+            raise
         self._stream.thread_type = "AUTO"
         self.corrupt_packets = 0
         self._frames = self._decode()
@@ -65,6 +112,8 @@ class VideoFileSource:
             self._container.close()
             raise InputError(f"{self.path} has a video stream but no decodable frame") from None
         self.info = self._probe(self._first_rotation)
+        self.colour = ColourInfo.of(self._first)
+        self._unwrap = self._container.format.name.split(",")[0] in _WRAPPING_FORMATS
 
     @property
     def has_audio(self) -> bool:
@@ -106,6 +155,8 @@ class VideoFileSource:
         """Decoded frames in order, as RGB arrays in stored orientation; stops early when ``stop`` is set."""
         index = 0
         pending = [self._first]
+        wrap_offset, last_pts = 0, None
+        deep = self.colour.bits > 8
         while True:
             if stop is not None and stop.is_set():
                 return
@@ -120,12 +171,25 @@ class VideoFileSource:
                     # The demuxer itself gave up (e.g. truncated index): keep what we decoded.
                     log.warning("input ended early after %d frames: %s", index, _reason(error))
                     return
+            pts = frame.pts
+            if pts is not None and self._unwrap:
+                if last_pts is not None and pts + wrap_offset < last_pts - _PTS_WRAP // 2:
+                    wrap_offset += _PTS_WRAP  # the 33-bit counter went round: time goes on
+                    log.info("MPEG-TS timestamp wrap at frame %d: unwrapped", index)
+                pts += wrap_offset
+                last_pts = pts
+            if deep:
+                samples = frame.to_ndarray(format="rgb48le")
+                image = ((samples.astype(np.uint32) + 128) // 257).astype(np.uint8)
+            else:
+                samples, image = None, frame.to_ndarray(format="rgb24")
             yield VideoFrame(
-                image=frame.to_ndarray(format="rgb24"),
+                image=image,
                 index=index,
-                pts=frame.pts,
+                pts=pts,
                 time_base=frame.time_base or self._stream.time_base,
                 capture_time=time.monotonic(),
+                deep=samples,
             )
             index += 1
 
