@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import cv2
@@ -27,7 +27,7 @@ from .types import Detections, Face, VideoFrame
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CoverRenderer", "FaceOutcome", "FaceRenderer", "FrameAnonymizer", "cover_whole_frame"]
+__all__ = ["AnalysedFrame", "CoverRenderer", "FaceOutcome", "FaceRenderer", "FrameAnonymizer", "cover_whole_frame"]
 
 # Consecutive frames whose analysis failed before the job gives up (each of them is covered whole).
 MAX_CONSECUTIVE_ANALYSIS_FAILURES = 25
@@ -90,12 +90,14 @@ class LookbackBuffer(Protocol):
 
 
 @dataclass
-class _Pending:
-    """A frame between analysis and rendering: display-orientation image plus analysis failure flag."""
+class AnalysedFrame:
+    """A frame between analysis and rendering: its display-orientation image, the faces to anonymize
+    on it, and whether its analysis failed (then it is covered whole)."""
 
     frame: VideoFrame
     image: np.ndarray
     analysis_failed: bool
+    faces: list[Face] = field(default_factory=list)
 
 
 class FrameAnonymizer:
@@ -141,7 +143,10 @@ class FrameAnonymizer:
             for i in range(len(keep))
         ]
 
-    def push(self, frame: VideoFrame) -> list[VideoFrame]:
+    def analyse_frame(self, frame: VideoFrame) -> list[AnalysedFrame]:
+        """Analysis stage of one decoded frame: the frames now ready to render, in order (the look-back
+        buffer holds frames back until it knows their faces). Never touches the renderer's state, so it
+        can run on another thread than :meth:`render` (the parallel pipeline)."""
         image = to_display(frame.image, self.rotation)
         try:
             faces = self.analyse(image)
@@ -150,19 +155,26 @@ class FrameAnonymizer:
         except Exception:  # any analysis failure: this frame is covered whole (fail closed)
             log.exception("face analysis failed on frame %d: covering the whole frame", frame.index)
             faces, failed = [], True
-            self.stats["frames_covered_whole"] += 1
             self._consecutive_failures += 1
             if self._consecutive_failures >= MAX_CONSECUTIVE_ANALYSIS_FAILURES:
                 raise RuntimeError(f"face analysis failed on {self._consecutive_failures} frames in a row; giving up")
-        pending = _Pending(frame, image, failed)
+        analysed = AnalysedFrame(frame, image, failed)
         if self.lookback is None:
-            return [self._render(pending, faces)]
-        return [self._render(item, item_faces) for item, item_faces in self.lookback.push(pending, faces)]
+            analysed.faces = faces
+            return [analysed]
+        return [_with_faces(item, item_faces) for item, item_faces in self.lookback.push(analysed, faces)]
 
-    def flush(self) -> list[VideoFrame]:
+    def analyse_flush(self) -> list[AnalysedFrame]:
+        """The frames the look-back buffer still holds, with their faces (end of the input)."""
         if self.lookback is None:
             return []
-        return [self._render(item, faces) for item, faces in self.lookback.flush()]
+        return [_with_faces(item, faces) for item, faces in self.lookback.flush()]
+
+    def push(self, frame: VideoFrame) -> list[VideoFrame]:
+        return [self.render(item) for item in self.analyse_frame(frame)]
+
+    def flush(self) -> list[VideoFrame]:
+        return [self.render(item) for item in self.analyse_flush()]
 
     def reset(self) -> None:
         """Forget all tracking state (a new stream, or a reconnect)."""
@@ -170,10 +182,14 @@ class FrameAnonymizer:
             self.tracker.reset()
 
     # -- rendering ------------------------------------------------------------------------------
-    def _render(self, pending: _Pending, faces: list[Face]) -> VideoFrame:
-        image = pending.image  # owned by this frame: drawn on in place
-        if pending.analysis_failed:
+    def render(self, analysed: AnalysedFrame) -> VideoFrame:
+        """Rendering stage: draws the anonymized faces (or the whole-frame cover) and turns the frame
+        back to its stored orientation. All of :attr:`stats` is counted here (one thread)."""
+        image = analysed.image  # owned by this frame: drawn on in place
+        faces = analysed.faces
+        if analysed.analysis_failed:
             cover_whole_frame(image)
+            self.stats["frames_covered_whole"] += 1
         elif faces:
             if self.exempt is not None:
                 faces, kept = self.exempt.split(image, faces)
@@ -183,7 +199,7 @@ class FrameAnonymizer:
                 if outcome.reason:
                     self.stats[f"fallback_{outcome.reason}"] += 1
         self.stats["frames"] += 1
-        frame = pending.frame
+        frame = analysed.frame
         frame.image = to_stored(image, self.rotation)
         return frame
 
@@ -199,3 +215,10 @@ class FrameAnonymizer:
             log.error("renderer %s skipped %d face(s): covering them", self.renderer.name, len(missing))
             outcomes += [FaceOutcome(o.face, o.method, "renderer_skipped") for o in self._fallback.render(image, missing)]
         return outcomes
+
+
+def _with_faces(item: object, faces: list[Face]) -> AnalysedFrame:
+    """The look-back buffer's (frame, faces) pair as one analysed frame (faces may have grown there)."""
+    assert isinstance(item, AnalysedFrame)
+    item.faces = faces
+    return item

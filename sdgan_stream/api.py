@@ -155,7 +155,8 @@ def anonymize_video(
             try:
                 if on_start is not None:
                     on_start(info)
-                result = run_pipeline(source.frames(stop), anonymizer, sink, stop_event=stop, on_frame_written=on_frame_written)
+                result = run_pipeline(source.frames(stop), anonymizer, sink, stop_event=stop,
+                                      on_frame_written=on_frame_written, parallel=options.parallel)
             except BaseException:
                 sink.abort()  # what was written stays a playable file
                 raise

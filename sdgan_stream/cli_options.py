@@ -51,6 +51,13 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-faces", default=unset, metavar="DIR",
                         help="leave visible the people in DIR's photos (one per file or sub-folder), matched with the guard's "
                              "recognizer at a strict threshold on 3 checks in a row; anything uncertain is anonymized")
+    # Pipeline (issue 16)
+    stages = parser.add_mutually_exclusive_group()
+    stages.add_argument("--parallel", action="store_true", dest="parallel", default=unset,
+                        help="files: analyse the next frame (detect, track) on its own thread while this one is rendered; "
+                             f"the same output as --serial (default: {'parallel' if d.parallel else 'serial'})")
+    stages.add_argument("--serial", action="store_false", dest="parallel", default=unset,
+                        help="one stage after the other on one thread (the reference path)")
     guard = parser.add_argument_group("identity guard (--method sdgan)")
     guard.add_argument("--no-identity-guard", action="store_false", dest="identity_guard", default=unset,
                        help="use generated faces without checking that they are someone else (not recommended)")

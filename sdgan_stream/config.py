@@ -71,6 +71,9 @@ class AnonymizeOptions:
     guard_recheck: int = 30  # frames between re-verifications of a track's identity
     guard_pick: str = "farthest"  # farthest (privacy first) | faithful (expression first, past the margin)
     keep_faces: str | None = None  # folder of photos of people left visible (matched strictly, fail-closed)
+    # Pipeline (issue 16): analysis of frame N+1 (detect, track, look-back) on its own thread while
+    # frame N is rendered; the output is the same bit for bit. Files only (live streams stay serial).
+    parallel: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

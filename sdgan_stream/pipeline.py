@@ -1,5 +1,11 @@
 """Threads and bounded queues: decode -> stages (main thread) -> encode.
 
+With ``parallel=True`` and a processor that splits analysis from rendering (:class:`StagedProcessor`,
+e.g. :class:`~sdgan_stream.anonymize.FrameAnonymizer`), the stages become two: an analysis thread
+(detect, track, look-back) works on frame N+1 while the main thread renders frame N. Each analysed
+frame carries a sequence number that the render stage checks, so frames reach the encoder in decode
+order; the output is the same, bit for bit, as the serial chain's (the two stages share no state).
+
 The decode thread and the encode thread do PyAV work (which releases the GIL), the main thread runs
 the face stages. Queues are bounded so memory stays flat. No queue operation can block for ever: a
 producer *closes* its channel instead of queueing an end marker (a marker can find a full queue whose
@@ -22,7 +28,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from .types import VideoFrame
 
@@ -34,6 +40,7 @@ __all__ = [
     "FrameSink",
     "LatencyStats",
     "PipelineResult",
+    "StagedProcessor",
     "run_pipeline",
     "stop_on_signals",
 ]
@@ -50,6 +57,19 @@ class FrameProcessor(Protocol):
     def push(self, frame: VideoFrame) -> list[VideoFrame]: ...
 
     def flush(self) -> list[VideoFrame]: ...
+
+
+@runtime_checkable
+class StagedProcessor(Protocol):
+    """A processor whose analysis and rendering may run on two threads: ``analyse_frame`` and
+    ``analyse_flush`` are only ever called from one thread, ``render`` from another, each in order,
+    so the two halves must not share mutable state."""
+
+    def analyse_frame(self, frame: VideoFrame) -> list: ...
+
+    def analyse_flush(self) -> list: ...
+
+    def render(self, analysed: object) -> VideoFrame: ...
 
 
 class FrameSink(Protocol):
@@ -194,6 +214,7 @@ def run_pipeline(
     on_frame_written: Callable[[VideoFrame], None] | None = None,
     on_main_thread: Callable[[], None] | None = None,
     join_timeout: float = JOIN_TIMEOUT_SECONDS,
+    parallel: bool = False,
 ) -> PipelineResult:
     """Run ``frames`` through ``processor`` into ``sink``. The caller closes source and sink.
 
@@ -204,7 +225,12 @@ def run_pipeline(
     (GUI work such as a preview window, which some platforms allow on the main thread only).
     A failure in any thread (or Ctrl-C) sets ``stop_event``, which stops the source; a run that simply
     reached the end of its frames leaves it as it was (one event can serve several jobs in a row).
+    ``parallel=True`` runs the analysis of a :class:`StagedProcessor` on its own thread (a processor
+    without the split runs serially, with a warning).
     """
+    if parallel and not isinstance(processor, StagedProcessor):
+        log.warning("%s does not split analysis from rendering: running serially", type(processor).__name__)
+        parallel = False
     stop = stop_event or threading.Event()
     failure = _Failure(stop)
     result = PipelineResult()
@@ -242,18 +268,28 @@ def run_pipeline(
         finally:
             processed.abandon()  # the main thread's puts return at once from now on
 
-    decoder = threading.Thread(target=decode, name="sdgan-decode", daemon=True)
-    encoder = threading.Thread(target=encode, name="sdgan-encode", daemon=True)
-    decoder.start()
-    encoder.start()
+    threads = [threading.Thread(target=decode, name="sdgan-decode", daemon=True),
+               threading.Thread(target=encode, name="sdgan-encode", daemon=True)]
+    analysed = _Channel(queue_size)  # analysis thread -> main thread (parallel only)
+    if parallel:
+        assert isinstance(processor, StagedProcessor)
+        threads.append(threading.Thread(target=_analyse, args=(decoded, analysed, processor, failure),
+                                        name="sdgan-analyse", daemon=True))
+    for thread in threads:
+        thread.start()
     externally_stopped = False
     try:
-        _process(decoded, processed, processor, failure, on_main_thread)
+        if parallel:
+            assert isinstance(processor, StagedProcessor)
+            result.interrupted = _render_parallel(analysed, processed, processor, failure, stop, on_main_thread)
+        else:
+            _process(decoded, processed, processor, failure, on_main_thread)
     except KeyboardInterrupt:
         result.interrupted = True
         stop.set()  # the source stops at its next frame
-        # Frames already analysed (e.g. held in the look-back buffer) still go out, anonymized.
-        if failure.error is None:
+        # Frames already analysed (e.g. held in the look-back buffer) still go out, anonymized. (A
+        # parallel run got here on a second Ctrl-C: its analysis thread owns the buffer, so no flush.)
+        if failure.error is None and not parallel:
             _send_all(processor.flush(), processed, failure)
     except BaseException as error:
         failure.record(error)
@@ -261,9 +297,10 @@ def run_pipeline(
         # A stop requested from outside (not a thread failure) means the run was cut short.
         externally_stopped = stop.is_set() and failure.error is None
         decoded.abandon()
+        analysed.abandon()
         processed.close()
-        _join(encoder, join_timeout)
-        _join(decoder, join_timeout)
+        for thread in threads:
+            _join(thread, join_timeout)
     result.interrupted = result.interrupted or externally_stopped
     result.seconds = time.monotonic() - started
     if failure.error is not None:
@@ -291,6 +328,70 @@ def _process(
             return
     if failure.error is None:
         _send_all(processor.flush(), processed, failure)
+
+
+def _analyse(decoded: _Channel, analysed: _Channel, processor: StagedProcessor, failure: _Failure) -> None:
+    """The analysis thread: decoded frames -> (sequence number, analysed frame), then the look-back
+    buffer's last frames once the input ends. A failure stops the run (the frames it held are never
+    written, so nothing leaks); analysis failures of single frames are the processor's to cover."""
+    sequence = 0
+
+    def send(items: list) -> bool:
+        nonlocal sequence
+        for item in items:
+            delivered, _ = analysed.put((sequence, item), give_up=failure.event)
+            if not delivered:
+                return False
+            sequence += 1
+        return True
+
+    try:
+        while (frame := decoded.get(give_up=failure.event)) is not _END:
+            assert isinstance(frame, VideoFrame)
+            if not send(processor.analyse_frame(frame)):
+                return
+        if failure.error is None:
+            send(processor.analyse_flush())
+    except BaseException as error:
+        failure.record(error)
+    finally:
+        analysed.close()
+        decoded.abandon()  # the decoder's puts return at once from now on
+
+
+def _render_parallel(
+    analysed: _Channel,
+    processed: _Channel,
+    processor: StagedProcessor,
+    failure: _Failure,
+    stop: threading.Event,
+    on_main_thread: Callable[[], None] | None,
+) -> bool:
+    """The main thread of a parallel run: renders analysed frames in sequence order. Ctrl-C stops
+    the source and keeps rendering what was already decoded and analysed (a bounded amount, as in
+    the serial path's flush); a second Ctrl-C ends the run at once. Returns whether Ctrl-C came."""
+    expected = 0
+    interrupted = False
+    while True:
+        try:
+            if on_main_thread is not None:
+                on_main_thread()
+            item = analysed.get(give_up=failure.event, timeout=_POLL_SECONDS)
+            if item is _EMPTY:
+                continue
+            if item is _END:
+                return interrupted
+            sequence, frame = item  # type: ignore[misc]
+            if sequence != expected:  # the encoder must write frames in decode order
+                raise RuntimeError(f"analysed frame {sequence} arrived where {expected} was due")
+            expected += 1
+            if not _send_all([processor.render(frame)], processed, failure):
+                return interrupted
+        except KeyboardInterrupt:
+            if interrupted:
+                raise
+            interrupted = True
+            stop.set()  # the source stops at its next frame; what it already gave is still rendered
 
 
 def _send_all(frames: list[VideoFrame], processed: _Channel, failure: _Failure) -> bool:
