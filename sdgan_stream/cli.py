@@ -16,7 +16,7 @@ from .cli_options import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, HelpFormatter, a
 from .config import AnonymizeOptions
 from .errors import SdganStreamError
 from .evaluate import add_evaluate_parser
-from .live import add_live_parser, add_rtsp_parser
+from .live_cli import add_live_parser, add_rtsp_parser
 from .pipeline import stop_on_signals
 from .training_cli import add_prepare_data_parser, add_train_parser
 

@@ -21,12 +21,12 @@ from sdgan_stream.errors import InputError
 from sdgan_stream.io.live import Backoff, LiveSource, parse_camera
 from sdgan_stream.live import (
     LiveViewSink,
-    add_live_parser,
     display_available,
     draw_overlay,
     is_quit_key,
     run_live,
 )
+from sdgan_stream.live_cli import add_live_parser
 from sdgan_stream.pipeline import stop_on_signals
 from sdgan_stream.redact import RedactingFilter, install_log_redaction, redact_text, redact_url
 from sdgan_stream.types import VideoFrame
@@ -447,7 +447,7 @@ def test_live_command_headless_preview_falls_back_and_records(indexed_clip: Inde
 
 
 def test_live_command_with_an_injected_preview_quits_on_escape(indexed_clip: IndexedClip) -> None:
-    from sdgan_stream.live import _run_live_command
+    from sdgan_stream.live_cli import _run_live_command
 
     args = _live_args(["--camera", str(indexed_clip.path), "--loop", "--method", "solid", "--no-track", "--stats-interval", "0"])
     preview = FakePreview(key=27, after=10)

@@ -10,10 +10,14 @@ converted to YUV with the input's matrix and range (not swscale's BT.601 default
 shift and HDR input stays tagged as HDR. Input of more than 8 bits is encoded 10-bit (x264 High 10)
 from the 16-bit samples the source kept (``VideoFrame.deep``), wherever the anonymizer left the
 picture unchanged; what it drew comes from its 8-bit picture.
+
+H.264 goes to NVENC (``h264_nvenc``) when the FFmpeg build has it and a GPU lets it open, for 8-bit
+4:2:0 output; to libx264 otherwise. The choice is made once per process and logged.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from fractions import Fraction
 from pathlib import Path
@@ -28,7 +32,7 @@ from .source import ColourInfo
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VideoFileSink", "output_path_for"]
+__all__ = ["VideoFileSink", "choose_h264_encoder", "output_path_for"]
 
 # Containers that cannot hold H.264: encode VP9 there instead.
 _VP9_CONTAINERS = frozenset({".webm"})
@@ -52,6 +56,35 @@ def keep_deep_samples(image: np.ndarray, deep: np.ndarray) -> np.ndarray:
     out = deep.copy()
     out[changed] = image[changed].astype(np.uint16) * 257
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def nvenc_opens() -> bool:
+    """Whether ``h264_nvenc`` opens here: compiled into FFmpeg *and* a GPU with a driver that takes it
+    (PyAV's wheels ship the encoder; without a GPU ``avcodec_open2`` refuses it). Probed once."""
+    if "h264_nvenc" not in av.codecs_available:
+        log.info("video encoder: h264_nvenc is not in this FFmpeg build")
+        return False
+    try:
+        context = av.CodecContext.create("h264_nvenc", "w")
+        context.width, context.height, context.pix_fmt = 256, 256, "yuv420p"
+        context.time_base = Fraction(1, 25)
+        context.open()
+    except (av.error.FFmpegError, OSError, ValueError) as error:
+        log.info("video encoder: h264_nvenc does not open here (%s)", error)
+        return False
+    context.close()
+    return True
+
+
+def choose_h264_encoder(pix_fmt: str, preference: str = "auto") -> str:
+    """``h264_nvenc`` or ``libx264`` for ``pix_fmt``: NVENC under ``auto`` when it opens and the
+    format is 8-bit 4:2:0 (NVENC's H.264 has no 10-bit or 4:4:4 here), libx264 otherwise."""
+    if preference not in ("auto", "libx264", "h264_nvenc"):
+        raise ValueError(f"video encoder must be auto, libx264 or h264_nvenc, got {preference!r}")
+    if preference != "auto":
+        return preference
+    return "h264_nvenc" if pix_fmt == "yuv420p" and nvenc_opens() else "libx264"
 
 
 def output_path_for(input_path: Path, suffix: str = "_anonymized") -> Path:
@@ -128,6 +161,7 @@ class VideoFileSink:
         preset: str = "veryfast",
         audio_from: str | Path | None = None,
         colour: ColourInfo | None = None,
+        video_encoder: str = "auto",
     ) -> None:
         self.path = Path(path)
         self.info = info
@@ -145,7 +179,7 @@ class VideoFileSink:
         except (av.error.FFmpegError, ValueError, OSError) as error:
             raise OutputError(f"cannot write {self.path}: {getattr(error, 'strerror', None) or error}") from error
         try:
-            self._stream = self._add_video_stream(crf=crf, preset=preset)
+            self._stream = self._add_video_stream(crf=crf, preset=preset, encoder=video_encoder)
             self._audio = _AudioCopier(Path(audio_from), self._container) if audio_from else None
         except Exception:
             self._container.close()
@@ -155,23 +189,26 @@ class VideoFileSink:
         self._default_duration = self._frame_duration()
         self.frames_written = 0
 
-    def _add_video_stream(self, *, crf: int, preset: str) -> av.VideoStream:
+    def _add_video_stream(self, *, crf: int, preset: str, encoder: str) -> av.VideoStream:
         info = self.info
         rate = info.average_rate or Fraction(25)
         vp9 = self.path.suffix.lower() in _VP9_CONTAINERS
-        try:
-            stream = self._container.add_stream("libvpx-vp9" if vp9 else "libx264", rate=rate)
-        except (ValueError, av.error.FFmpegError) as error:
-            raise OutputError(f"the {self.path.suffix} container cannot hold the video codec: {error}") from error
-        stream.width, stream.height = info.width, info.height
         # 4:2:0 needs even dimensions; odd-sized input keeps its exact size in 4:4:4 instead.
         even = info.width % 2 == 0 and info.height % 2 == 0
         self._deep = self.colour.bits > 8 and not vp9
+        pix_fmt = ("yuv420p" if even else "yuv444p") + ("10le" if self._deep else "")
+        codec = "libvpx-vp9" if vp9 else choose_h264_encoder(pix_fmt, encoder)
+        log.info("video encoder: %s (%s)", codec, pix_fmt)
+        try:
+            stream = self._container.add_stream(codec, rate=rate)
+        except (ValueError, av.error.FFmpegError) as error:
+            raise OutputError(f"the {self.path.suffix} container cannot hold the video codec: {error}") from error
+        stream.width, stream.height = info.width, info.height
         if self.colour.bits > 8 and vp9:
             log.warning("%d-bit input: the VP9 encoder here writes 8-bit only; use an .mp4/.mkv output to keep 10-bit", self.colour.bits)
         elif self.colour.bits > 10:
             log.warning("%d-bit input: written as 10-bit, the most x264 takes", self.colour.bits)
-        stream.pix_fmt = ("yuv420p" if even else "yuv444p") + ("10le" if self._deep else "")
+        stream.pix_fmt = pix_fmt
         if not even:
             log.warning("odd frame size %dx%d: encoding 4:4:4 to keep the exact size", info.width, info.height)
         colour = self.colour
@@ -183,6 +220,8 @@ class VideoFileSink:
             stream.codec_context.time_base = info.time_base
         if vp9:
             stream.options = {"crf": str(crf), "b": "0", "deadline": "realtime", "cpu-used": "8"}
+        elif codec == "h264_nvenc":  # constant quality on NVENC's scale (close to x264's crf), preset p4 (medium)
+            stream.options = {"rc": "vbr", "cq": str(crf), "b": "0", "preset": "p4"}
         else:
             stream.options = {"crf": str(crf), "preset": preset}
         if info.rotation:
