@@ -11,10 +11,11 @@ skipped once the time budget is spent):
 4. ``gpu_warp``: per-stage ms of the GPU pre/post-processing on a 1080p frame with 1, 4 and 16 faces
    (upload, warp crops, feather, colour match, paste back, download).
 5. ``stages``: per-stage ms of the CPU stages on frames of a synthetic 1080p clip (decode, detect,
-   landmarks + crops + maps, generate, numpy paste-back), 1, 4 and 16 faces.
-6. ``end_to_end``: ``sdgan_stream.anonymize_video(..., method="sdgan", backend=..., device="cuda")``
-   on synthetic 1080p clips (``sdgan_stream.samples.make_face_clip``) with 1, 4 and 16 faces: fps
-   (on CUDA the renderer keeps each frame on the GPU: ``DeviceFrameRenderer``).
+   blur cover, landmarks + crops + maps, generate, numpy paste-back), 1, 4 and 16 faces.
+6. ``end_to_end``: ``sdgan_stream.anonymize_video(..., backend=..., device="cuda")`` for ``blur``
+   and ``sdgan`` (identity guard on), serial and ``parallel=True``, on synthetic 1080p clips
+   (``sdgan_stream.samples.make_face_clip``) with 1, 4 and 16 faces: fps, and which H.264 encoder
+   the sink chose (NVENC when it opens). On CUDA the sdgan renderer keeps each frame on the GPU.
 
 Writes JSON to ``--out`` (default ``$OUT/gpu_check.json`` when ``$OUT`` is set, else
 ``benchmarks/results/gpu_check.json``). Without a CUDA GPU it says so and exits with status 2 at once.
@@ -322,6 +323,7 @@ def cpu_stages(config, state: dict, directory: Path, frames: int, backend_label:
     import av
 
     from sdgan_stream.blend import paste_back
+    from sdgan_stream.covers import apply_cover
     from sdgan_stream.detect import CenterFaceDetector
     from sdgan_stream.faceprep import FaceFallback, masked_input, prepare_faces
     from sdgan_stream.landmarks import LandmarkDetector
@@ -335,7 +337,7 @@ def cpu_stages(config, state: dict, directory: Path, frames: int, backend_label:
     results: dict[str, Any] = {"detector_provider": detector.provider, "generator": backend_label}
     for count in FACE_COUNTS:
         clip = _clip(directory, count, frames)
-        timings: dict[str, list[float]] = {k: [] for k in ("decode", "detect", "prepare", "generate", "paste")}
+        timings: dict[str, list[float]] = {k: [] for k in ("decode", "detect", "prepare", "generate", "paste", "blur_cover")}
         served = 0
         with av.open(str(clip.path)) as container:
             decoded = container.decode(container.streams.video[0])
@@ -362,9 +364,12 @@ def cpu_stages(config, state: dict, directory: Path, frames: int, backend_label:
                 for p, crop in zip(prepared, crops):
                     paste_back(image, crop, p)
                 t5 = time.perf_counter()
+                for face in faces:  # what --method blur does instead of prepare + generate + paste
+                    apply_cover(image, face.box, method="blur", margin=0.25)
+                t6 = time.perf_counter()
                 served = max(served, len(prepared))
                 if index >= 2:
-                    for name, a, b in zip(timings, (t0, t1, t2, t3, t4), (t1, t2, t3, t4, t5)):
+                    for name, a, b in zip(timings, (t0, t1, t2, t3, t4, t5), (t1, t2, t3, t4, t5, t6)):
                         timings[name].append((b - a) * 1e3)
         row = {name: round(float(np.median(v)), 2) for name, v in timings.items()}
         row["faces_served"] = served
@@ -375,17 +380,22 @@ def cpu_stages(config, state: dict, directory: Path, frames: int, backend_label:
 
 def end_to_end(directory: Path, frames: int, backend: str, budget: Budget) -> dict[str, Any]:
     from sdgan_stream import anonymize_video
+    from sdgan_stream.io.sink import choose_h264_encoder
 
-    results: dict[str, Any] = {"backend": backend}
+    results: dict[str, Any] = {"backend": backend, "video_encoder": choose_h264_encoder("yuv420p")}
     for count in FACE_COUNTS:
-        if budget.left() < 30:
-            results[str(count)] = {"skipped": "time budget"}
-            continue
         clip = _clip(directory, count, frames)
-        report = anonymize_video(clip.path, directory / f"out_{count}.mp4", method="sdgan", backend=backend, device=DEVICE, seed=0)
-        results[str(count)] = {"frames": report.frames, "seconds": round(report.seconds, 2), "fps": round(report.fps, 2),
-                               "stats": report.stats}
-        print(f"  end-to-end {count} faces: {report.fps:.1f} fps ({report.frames} frames)", flush=True)
+        for method in ("blur", "sdgan"):
+            for parallel in (False, True):
+                key = f"{method}_{'parallel' if parallel else 'serial'}_{count}"
+                if budget.left() < 30:
+                    results[key] = {"skipped": "time budget"}
+                    continue
+                extra = {"backend": backend, "device": DEVICE} if method == "sdgan" else {}
+                report = anonymize_video(clip.path, directory / f"out_{key}.mp4", method=method, seed=0, parallel=parallel, **extra)
+                results[key] = {"frames": report.frames, "seconds": round(report.seconds, 2), "fps": round(report.fps, 2),
+                                "stats": report.stats}
+                print(f"  end-to-end {key}: {report.fps:.1f} fps ({report.frames} frames)", flush=True)
     return results
 
 

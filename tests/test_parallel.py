@@ -38,7 +38,7 @@ def running_before() -> set[threading.Thread]:
 # -- serial == parallel, bit for bit, on real faces ------------------------------------------------
 @pytest.fixture(scope="module")
 def small_clip(tmp_path_factory: pytest.TempPathFactory) -> SyntheticClip:
-    return make_face_clip(tmp_path_factory.mktemp("clips") / "faces.mp4", width=640, height=360, frames=12, faces=2, face_width=60, seed=5)
+    return make_face_clip(tmp_path_factory.mktemp("clips") / "faces.mp4", width=640, height=360, frames=8, faces=2, face_width=60, seed=5)
 
 
 def _frames_written(clip: SyntheticClip, out: Path, **options: object) -> tuple[list[np.ndarray], dict[str, int]]:
