@@ -64,6 +64,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -171,7 +172,8 @@ def load_judge(name: str = "dlib", model: str | Path | None = None, *, recognize
     try:
         from .identity_guard import load_recognizer
     except ImportError as exc:
-        raise WeightsError(f"the {name!r} recognizer needs sdgan_stream.identity_guard, which this installation lacks") from exc
+        wanted = "insightface" if model is not None else name
+        raise WeightsError(f"the {wanted} recognizer needs sdgan_stream.identity_guard, which this installation lacks") from exc
     return load_recognizer(name, model)
 
 
@@ -429,8 +431,16 @@ class _Tools:
 
 
 def _touches_border(box: np.ndarray, shape: tuple[int, ...]) -> bool:
+    """Whether a box reaches the frame border (CenterFace's boxes of cut faces stop a few pixels short)."""
     h, w = shape[:2]
-    return bool(box[0] <= 1 or box[1] <= 1 or box[2] >= w - 1 or box[3] >= h - 1)
+    near = max(2.0, 0.1 * float(min(box[2] - box[0], box[3] - box[1])))
+    return bool(box[0] <= near or box[1] <= near or box[2] >= w - near or box[3] >= h - near)
+
+
+@lru_cache(maxsize=1)
+def _landmark_detector() -> LandmarkDetector:
+    """The pipeline's checked landmark fit, loaded once per process (~1 s; it is never modified)."""
+    return LandmarkDetector()
 
 
 def _fit_original(tools: _Tools, image: np.ndarray, face: Face) -> tuple[np.ndarray | None, str | None]:
@@ -638,7 +648,7 @@ def evaluate_videos(
         raise ValueError(f"unknown detection check {detection_check!r}; choose hog or cnn")
     recognizer = recognizer or FaceRecognizer(detector=detection_check)
     judge = judge or DlibJudge(recognizer)
-    landmarks = LandmarkDetector()
+    landmarks = _landmark_detector()
     unchecked = copy.copy(landmarks)  # shares the predictor
     unchecked.check = False
     if gallery is not None and not isinstance(gallery, Gallery):
