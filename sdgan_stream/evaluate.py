@@ -40,8 +40,10 @@ At each position:
 - **detected**: dlib's detector (HOG, or CNN) finds a face at the position on the anonymized frame
   (:meth:`FaceRecognizer.detect_near`). The rate counts only positions where the same check finds the
   face on the original, so it measures what the anonymizer took away, not the detector's own misses.
-- **landmark error** (judged positions): the 68 landmarks fitted on the anonymized face vs the
-  original's, mean point distance over the original's inter-ocular distance (outer eye corners).
+- **landmark error** (judged positions): the 68 landmarks fitted on the anonymized frame (same crop,
+  aligned with the original's detector landmarks, unchecked: the predictor always answers, on a cover
+  with roughly its mean face) vs the original's, mean point distance over the original's inter-ocular
+  distance (outer eye corners). Expression and pose kept = small error.
 - **identity spread** (per person): mean distance of the anonymized embeddings of one track to their
   mean; the same on the original is given for reference (one real person: ~0.1 with dlib).
 - **flicker**: mean absolute grey difference inside the face box between frame t and frame t+1 warped
@@ -632,7 +634,7 @@ def evaluate_videos(
     gallery: Gallery | str | Path | None = None,
     keep_crops: bool = False,
     on_frame: Callable[[int], None] | None = None,
-    detector: Any = None,
+    position_detector: Any = None,
 ) -> dict[str, Any]:
     """Measure ``anonymized`` against ``original``; returns a JSON-ready dict (see the module docstring).
 
@@ -642,7 +644,8 @@ def evaluate_videos(
     (its detector kind must match ``detection_check``). ``judge``: the identity judge (default dlib on
     ``recognizer``, see :func:`load_judge`). ``gallery``: a :class:`Gallery` or a folder of face photos.
     ``keep_crops`` keeps small original/anonymized crops per face (``result["_measures"]``) for
-    :func:`write_report`. ``detector``: the position detector (default CenterFace at full resolution).
+    :func:`write_report`. ``position_detector``: anything with CenterFace's ``detect`` (default: CenterFace
+    at full resolution).
     """
     if detection_check not in ("hog", "cnn"):
         raise ValueError(f"unknown detection check {detection_check!r}; choose hog or cnn")
@@ -667,7 +670,7 @@ def evaluate_videos(
             )
         frame_count = info_o.frame_count
         stride = stride or default_stride(min(frame_count, max_frames) if frame_count and max_frames else frame_count or max_frames)
-        positions = FacePositions(threshold=threshold, fps=info_o.fps / stride, detector=detector)
+        positions = FacePositions(threshold=threshold, fps=info_o.fps / stride, detector=position_detector)
         frames_o, frames_a = src_o.frames(), src_a.frames()
         decoded = evaluated = 0
         length_mismatch = 0  # > 0: the anonymized video has more frames; < 0: fewer
