@@ -6,10 +6,12 @@ or anything else that keeps the frame size and frame count.
 
 Face positions come from the original, found the way the pipeline finds faces: CenterFace at full
 resolution with a low score threshold (``threshold``, default 0.3; the pipeline shows faces from 0.4),
-and the pipeline's :class:`~sdgan_stream.track.FaceTracker` for track ids (people). The tracker sees
-the evaluated frames only (at ``fps / stride``), which keeps the cost down; its predicted boxes (a track
-whose detection was missed) are not positions: nothing says a face is there. Ground-truth boxes
-(``face_boxes``) can replace the detector.
+and the pipeline's :class:`~sdgan_stream.track.FaceTracker` for track ids (people). The tracker follows
+every decoded frame, as in the pipeline: between evaluated frames CenterFace runs at the pipeline's
+960x960 budget, only to keep the tracks (a strided tracker loses small or fast faces: at stride 10, 9
+small moving faces became 126 tracks). The tracker's predicted boxes (a track whose detection was
+missed) are not positions: nothing says a face is there. Ground-truth boxes (``face_boxes``) can
+replace the detector.
 
 Every position is counted. Its 68 landmarks are fitted on the original with the pipeline's own
 :class:`~sdgan_stream.landmarks.LandmarkDetector`; a position the identity judge cannot judge is
@@ -110,6 +112,7 @@ UNCHANGED_MAD = 4.0  # grey levels; x264 re-encoding at crf 18-25 changes a face
 TARGET_FRAMES = 75  # default stride evaluates about this many frames
 POSITION_THRESHOLD = 0.3  # CenterFace score from which a position counts (the pipeline covers from 0.4)
 _WEAK_THRESHOLD = 0.15  # weaker detections only keep tracks alive, as in the pipeline
+_FOLLOW_SIZE = (960, 960)  # detection budget between evaluated frames (the pipeline's default)
 MAX_POINTS_OUTSIDE = 0.45  # share of the 68 fitted points outside the frame beyond which a face is too cut to judge
 UNJUDGED_REASONS: tuple[str, ...] = ("too_small", "cut_by_border", "profile", "landmarks_failed", "recognizer_failed")
 _CROP_PX = 112
@@ -194,10 +197,12 @@ class Position:
 
 class FacePositions:
     """Face positions frame after frame: CenterFace at full resolution with a low threshold, and the
-    pipeline's :class:`FaceTracker` for track ids. Call once per evaluated frame, in order.
+    pipeline's :class:`FaceTracker` for track ids. Call :meth:`follow` on every frame that is not
+    evaluated and the object itself on every evaluated frame, in order.
 
     Positions are the detections with ``score >= threshold``; weaker ones (down to 0.15) only keep
-    tracks alive, as in the pipeline. ``detector`` can be any object with CenterFace's ``detect``.
+    tracks alive, as in the pipeline. ``detector`` can be any object with CenterFace's ``detect``
+    (then used for both kinds of frame).
     """
 
     def __init__(self, *, threshold: float = POSITION_THRESHOLD, fps: float = 25.0, detector: Any = None) -> None:
@@ -205,26 +210,37 @@ class FacePositions:
             raise ValueError(f"the position threshold must be in (0, 1), got {threshold}")
         self.threshold = threshold
         self._detector = detector
+        self._follower = detector
         self._tracker = FaceTracker(
             fps=fps, high_threshold=threshold, low_threshold=min(_WEAK_THRESHOLD, threshold), seed=0
         )
 
-    def _detect(self, image: np.ndarray) -> Detections:
+    def _detect(self, image: np.ndarray, *, full: bool) -> Detections:
         if self._detector is None:
             from .detect import CenterFaceDetector
 
             self._detector = CenterFaceDetector(threshold=min(_WEAK_THRESHOLD, self.threshold), detect_size=None)
-        return self._detector.detect(image)
+            self._follower = copy.copy(self._detector)  # shares the onnxruntime session
+            self._follower.detect_size = _FOLLOW_SIZE
+        return (self._detector if full else self._follower).detect(image)
+
+    @staticmethod
+    def _given(boxes: np.ndarray) -> Detections:
+        boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+        landmarks = np.stack([box_to_landmarks5(b) for b in boxes]).astype(np.float32) if len(boxes) else np.zeros((0, 5, 2), np.float32)
+        return Detections(boxes, np.ones(len(boxes), np.float32), landmarks)
+
+    def follow(self, image: np.ndarray | None = None, *, given_boxes: np.ndarray | None = None) -> None:
+        """A frame that is not evaluated: only the tracker learns from it."""
+        self._tracker.update(self._given(given_boxes) if given_boxes is not None else self._detect(image, full=False))
 
     def __call__(self, image: np.ndarray | None = None, *, given_boxes: np.ndarray | None = None) -> list[Position]:
-        """Positions on one frame: detected on ``image``, or the ``given_boxes`` (F, 4) xyxy."""
+        """Positions on one evaluated frame: detected on ``image``, or the ``given_boxes`` (F, 4) xyxy."""
         if given_boxes is not None:
-            boxes = np.asarray(given_boxes, np.float32).reshape(-1, 4)
-            landmarks = np.stack([box_to_landmarks5(b) for b in boxes]).astype(np.float32) if len(boxes) else np.zeros((0, 5, 2), np.float32)
-            detections = Detections(boxes, np.ones(len(boxes), np.float32), landmarks)
+            detections = self._given(given_boxes)
             found_by, own_landmarks = "given", False
         else:
-            detections = self._detect(image)
+            detections = self._detect(image, full=True)
             found_by, own_landmarks = "centerface", True
         faces = [f for f in self._tracker.update(detections) if f.source == "detected" and f.track_id is not None]
         keep = np.flatnonzero(detections.scores >= self.threshold)
@@ -670,7 +686,7 @@ def evaluate_videos(
             )
         frame_count = info_o.frame_count
         stride = stride or default_stride(min(frame_count, max_frames) if frame_count and max_frames else frame_count or max_frames)
-        positions = FacePositions(threshold=threshold, fps=info_o.fps / stride, detector=position_detector)
+        positions = FacePositions(threshold=threshold, fps=info_o.fps, detector=position_detector)
         frames_o, frames_a = src_o.frames(), src_a.frames()
         decoded = evaluated = 0
         length_mismatch = 0  # > 0: the anonymized video has more frames; < 0: fewer
@@ -690,14 +706,14 @@ def evaluate_videos(
                 for m, prev_o, prev_a in waiting:
                     m.flicker, m.flicker_original = _flicker(prev_o, grey_o, prev_a, grey_a, m.box)
                 waiting = []
+            given = None
+            if face_boxes is not None:
+                given = face_boxes[fo.index] if fo.index < len(face_boxes) else np.zeros((0, 4), np.float32)
             if fo.index % stride:
+                positions.follow(image_o, given_boxes=given)
                 continue
             evaluated += 1
-            if face_boxes is not None:
-                boxes = face_boxes[fo.index] if fo.index < len(face_boxes) else np.zeros((0, 4), np.float32)
-                found = positions(given_boxes=boxes)
-            else:
-                found = positions(image_o)
+            found = positions(image_o, given_boxes=given)
             grey_o, grey_a = _grey(image_o), _grey(image_a)
             for position in found:
                 m = _measure_face(

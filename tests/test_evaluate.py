@@ -375,3 +375,19 @@ def test_insightface_judge_when_a_model_is_installed(small_clip: SyntheticClip, 
     result = evaluate_videos(small_clip.path, small_clip.path, stride=4, recognizer=recognizer, judge=judge)
     assert result["settings"]["recognizer"] == "insightface"
     assert result["summary"]["judged"] == 4 and result["summary"]["leaks_by_distance"] == 4
+
+
+def test_the_tracker_follows_the_frames_between_evaluated_ones() -> None:
+    def boxes(frame: int) -> np.ndarray:  # a small face crossing the frame: 12 px a frame, 24 px wide
+        return np.array([[10 + 12 * frame, 50, 34 + 12 * frame, 80]], np.float32)
+
+    following, strided = FacePositions(fps=25), FacePositions(fps=25)
+    tracks_following, tracks_strided = set(), set()
+    for frame in range(20):
+        if frame % 5:
+            following.follow(given_boxes=boxes(frame))
+            continue
+        tracks_following |= {p.track for p in following(given_boxes=boxes(frame))}
+        tracks_strided |= {p.track for p in strided(given_boxes=boxes(frame))}
+    assert len(tracks_following) == 1
+    assert len(tracks_strided) == 4  # seen every 5th frame only, each sighting looks like a new person
