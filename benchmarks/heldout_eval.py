@@ -28,8 +28,8 @@ from sdgan_stream.samples import allow_list_photos, make_face_clip  # noqa: E402
 
 VARIANTS = {
     "sdgan_guard_off": ["--method", "sdgan", "--no-identity-guard"],
-    "sdgan_guard_on": ["--method", "sdgan"],
-    "sdgan_guard_on_faithful": ["--method", "sdgan", "--guard-pick", "faithful"],
+    "sdgan_guard_on": ["--method", "sdgan"],  # the default pick: faithful
+    "sdgan_guard_on_farthest": ["--method", "sdgan", "--guard-pick", "farthest"],
     "blur": ["--method", "blur"],
 }
 

@@ -69,7 +69,7 @@ class AnonymizeOptions:
     guard_candidates: int = 6  # identities generated and compared per decision
     min_identity_distance: float | None = None  # None: the recognizer's default margin (dlib 0.70)
     guard_recheck: int = 30  # frames between re-verifications of a track's identity
-    guard_pick: str = "farthest"  # farthest (privacy first) | faithful (expression first, past the margin)
+    guard_pick: str = "faithful"  # faithful (best landmarks past the margin) | farthest (largest distance)
     keep_faces: str | None = None  # folder of photos of people left visible (matched strictly, fail-closed)
     # Pipeline (issue 16): analysis of frame N+1 (detect, track, look-back) on its own thread while
     # frame N is rendered; the output is the same bit for bit. Files only (live streams stay serial).

@@ -65,7 +65,7 @@ def _crop(value: int) -> np.ndarray:
 
 # -- the guard's state machine, with a recognizer whose verdicts we control ----------------------------------
 def test_the_farthest_candidate_is_kept_when_it_clears_the_margin() -> None:
-    guard = IdentityGuard(FakeRecognizer(), GuardConfig(candidates=3, min_distance=0.5))
+    guard = IdentityGuard(FakeRecognizer(), GuardConfig(candidates=3, min_distance=0.5, pick="farthest"))
     guard.start_frame()
     guard.observe(1, _crop(100), _points(), 120.0)
     assert guard.decide(1, 120.0, _points()).action == "draw"
