@@ -146,10 +146,6 @@ class Progress:
     seconds: float
     units: dict[str, tuple[int, str]]
 
-    @property
-    def fps(self) -> float:
-        return self.frames_done / self.seconds if self.seconds > 0 else 0.0
-
 
 @dataclass
 class ClusterReport:
@@ -348,7 +344,9 @@ def _connect(ray: Any, config: ClusterConfig) -> bool:
         return False
     ray.init(address=config.address, include_dashboard=False, log_to_driver=config.worker_logs,
              logging_level=logging.WARNING)
-    log.info("Ray: %s", ray.cluster_resources())
+    resources = ray.cluster_resources()
+    nodes = sum(1 for k in resources if k.startswith("node:") and k != "node:__internal_head__")
+    log.info("Ray: %g CPUs, %g GPUs on %d node(s)", resources.get("CPU", 0), resources.get("GPU", 0), nodes)
     return True
 
 
@@ -435,6 +433,15 @@ def _run(ray: Any, jobs: list[VideoJob], options: AnonymizeOptions, config: Clus
         pool = None
     results: dict[str, UnitResult] = {}
     last_report = 0.0
+
+    def report_progress() -> None:
+        snapshot = ray.get(board.snapshot.remote())
+        on_progress(Progress(
+            videos_done=sum(v.status != "pending" for v in videos), videos_total=len(videos),
+            frames_done=sum(frames for frames, _ in snapshot.values()), frames_total=frames_total,
+            seconds=time.monotonic() - started, units=snapshot,
+        ))
+
     while (pool is not None and pool.has_next()) or joins:
         if pool is not None and pool.has_next():
             try:
@@ -461,19 +468,15 @@ def _run(ray: Any, jobs: list[VideoJob], options: AnonymizeOptions, config: Clus
                 frames, error = ray.get(ref)
                 video.status, video.error = ("failed", error) if error else ("done", None)
                 video.frames = frames or video.frames  # parts finished by an earlier run count too
-        now = time.monotonic()
-        if on_progress is not None and board is not None and now - last_report >= progress_every:
-            last_report = now
-            snapshot = ray.get(board.snapshot.remote())
-            on_progress(Progress(
-                videos_done=sum(v.status != "pending" for v in videos), videos_total=len(videos),
-                frames_done=sum(frames for frames, _ in snapshot.values()), frames_total=frames_total,
-                seconds=now - started, units=snapshot,
-            ))
+        if on_progress is not None and board is not None and time.monotonic() - last_report >= progress_every:
+            last_report = time.monotonic()
+            report_progress()
     for unit in units:
         if unit.key not in results and videos[unit.video].status == "pending":
             videos[unit.video].status = "failed"
             videos[unit.video].error = f"a worker was lost {config.max_task_retries + 1} times running {unit.key}"
+    if on_progress is not None and board is not None:
+        report_progress()  # the final state
     return ClusterReport(videos=videos, seconds=time.monotonic() - started, workers=workers)
 
 
@@ -539,8 +542,7 @@ def run_cluster_command(args: argparse.Namespace, options: AnonymizeOptions, con
             bar = tqdm(total=p.frames_total or None, unit="frame", desc="videos", dynamic_ncols=True)
         bar.n = p.frames_done
         bar.set_description(f"videos {p.videos_done}/{p.videos_total}", refresh=False)
-        bar.set_postfix_str(f"{p.fps:.1f} fps", refresh=False)
-        bar.refresh()
+        bar.refresh()  # tqdm shows frames and frames per second
 
     try:
         report = run_cluster(jobs_for(args.input, videos, args.output), options, config, on_progress=progress)

@@ -240,3 +240,19 @@ def test_a_killed_worker_is_retried_and_the_output_is_complete(ray_instance, lon
     assert audio_packets(dst) == audio_packets(long_clip.path)
     _assert_faces_covered(read_frames(long_clip.path)[0], frames, long_clip)
     assert sorted(p.name for p in tmp_path.iterdir()) == [dst.name]  # the killed attempt's temporary file is gone
+
+
+def test_a_workers_next_video_shares_the_models_but_not_the_per_track_state() -> None:
+    from sdgan_stream.render import SdganRenderer
+
+    from .test_identity_guard import _photo_face
+
+    renderer = SdganRenderer.from_options(AnonymizeOptions(method="sdgan", backend="eager", device="cpu", guard_candidates=2))
+    image, face = _photo_face()
+    renderer.render(image, [face])
+    assert renderer.guard is not None and renderer.guard.tracks == 1
+    fresh = renderer.for_new_stream()
+    assert fresh.backend is renderer.backend and fresh.landmarker is renderer.landmarker
+    assert fresh.guard is not None and fresh.guard.recognizer is renderer.guard.recognizer
+    # Track ids restart with each video: the guard's decision for track 1 must not carry over to a stranger.
+    assert fresh.guard.tracks == 0 and fresh._previous == {} and renderer.guard.tracks == 1
