@@ -116,7 +116,6 @@ class VideoPlan:
 class UnitResult:
     key: str
     video: int
-    worker: str  # host:pid that ran it
     frames: int = 0
     seconds: float = 0.0
     stats: dict[str, int] = field(default_factory=dict)
@@ -300,7 +299,7 @@ class AnonymizeWorker:
         from .api import anonymize_video
 
         worker = f"{ray.util.get_node_ip_address()}:{os.getpid()}"
-        result = UnitResult(unit.key, unit.video, worker)
+        result = UnitResult(unit.key, unit.video)
         temp = temporary_path(unit.out)
         written = 0
 
