@@ -149,7 +149,7 @@ def _anonymize_paths(args: argparse.Namespace, options: AnonymizeOptions, stop: 
     src: Path = args.input
     cluster = cluster_config_from_args(args)
     if cluster is not None:  # --ray: the same jobs, spread over Ray actors
-        return run_cluster_command(args, options, cluster, _videos_in(src) if src.is_dir() else [src])
+        return run_cluster_command(args, options, cluster, _videos_in(src) if src.is_dir() else [src], stop)
     if src.is_dir():
         videos = _videos_in(src)
         if not videos:

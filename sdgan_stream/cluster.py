@@ -35,6 +35,7 @@ import os
 import secrets
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -126,7 +127,7 @@ class UnitResult:
 class VideoSummary:
     src: Path
     dst: Path
-    status: str = "pending"  # done | skipped | failed
+    status: str = "pending"  # done | skipped | failed | interrupted
     frames: int = 0
     parts: int = 1
     seconds: float = 0.0  # worker time, summed over its units
@@ -151,6 +152,7 @@ class ClusterReport:
     videos: list[VideoSummary]
     seconds: float
     workers: int
+    interrupted: bool = False  # stopped early (signal); unfinished videos have no output, finished parts stay
 
     @property
     def failed(self) -> list[VideoSummary]:
@@ -167,10 +169,11 @@ class ClusterReport:
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
         lines += [f"  {v.src.name}: {v.error}" for v in self.videos if v.error]
-        counts = {s: sum(v.status == s for v in self.videos) for s in ("done", "skipped", "failed")}
+        counts = {s: sum(v.status == s for v in self.videos) for s in ("done", "skipped", "failed", "interrupted")}
         frames = sum(v.frames for v in self.videos)
         lines.append(
-            f"{len(self.videos)} videos: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; "
+            f"{len(self.videos)} videos: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed"
+            f"{', %d interrupted' % counts['interrupted'] if counts['interrupted'] else ''}; "
             f"{frames} frames in {self.seconds:.1f} s wall ({frames / self.seconds if self.seconds > 0 else 0:.1f} fps) "
             f"on {self.workers} workers"
         )
@@ -371,22 +374,25 @@ def run_cluster(
     *,
     on_progress: Callable[[Progress], None] | None = None,
     progress_every: float = 0.5,
+    stop_event: threading.Event | None = None,
 ) -> ClusterReport:
     """Anonymize ``jobs`` on Ray (started here, joined, or already initialised by the caller).
 
-    ``on_progress`` is called on this thread about every ``progress_every`` seconds.
+    ``on_progress`` is called on this thread about every ``progress_every`` seconds. Setting
+    ``stop_event`` stops the run within about that time: the workers are killed, finished outputs
+    and parts stay, nothing unfinished appears under a final name.
     """
     ray = _import_ray()
     started_here = _connect(ray, config)
     try:
-        return _run(ray, list(jobs), options, config, on_progress, progress_every)
+        return _run(ray, list(jobs), options, config, on_progress, progress_every, stop_event or threading.Event())
     finally:
         if started_here:
             ray.shutdown()
 
 
 def _run(ray: Any, jobs: list[VideoJob], options: AnonymizeOptions, config: ClusterConfig,
-         on_progress: Callable[[Progress], None] | None, progress_every: float) -> ClusterReport:
+         on_progress: Callable[[Progress], None] | None, progress_every: float, stop: threading.Event) -> ClusterReport:
     from ray.util import ActorPool
 
     started = time.monotonic()
@@ -424,12 +430,13 @@ def _run(ray: Any, jobs: list[VideoJob], options: AnonymizeOptions, config: Clus
         log.info("%d units of work on %d workers (%g CPUs, %g GPUs each)", len(units), workers, config.cpus_per_worker, gpus)
         actor = ray.remote(AnonymizeWorker).options(num_cpus=config.cpus_per_worker, num_gpus=gpus, max_restarts=-1,
                                                     max_task_retries=config.max_task_retries)
-        pool = ActorPool([actor.remote(options) for _ in range(workers)])
+        actors = [actor.remote(options) for _ in range(workers)]
+        pool = ActorPool(actors)
         board = ray.remote(ProgressBoard).options(num_cpus=0).remote()
         for unit in units:
             pool.submit(lambda a, u: a.run.remote(u, board), unit)
     else:
-        pool = None
+        actors, pool = [], None
     results: dict[str, UnitResult] = {}
     last_report = 0.0
 
@@ -441,7 +448,7 @@ def _run(ray: Any, jobs: list[VideoJob], options: AnonymizeOptions, config: Clus
             seconds=time.monotonic() - started, units=snapshot,
         ))
 
-    while (pool is not None and pool.has_next()) or joins:
+    while ((pool is not None and pool.has_next()) or joins) and not stop.is_set():
         if pool is not None and pool.has_next():
             try:
                 result = pool.get_next_unordered(timeout=progress_every)
@@ -470,13 +477,19 @@ def _run(ray: Any, jobs: list[VideoJob], options: AnonymizeOptions, config: Clus
         if on_progress is not None and board is not None and time.monotonic() - last_report >= progress_every:
             last_report = time.monotonic()
             report_progress()
+    if stop.is_set():
+        for worker in actors:  # their units end here; Ray must not restart them
+            ray.kill(worker, no_restart=True)
+        for video in videos:
+            if video.status == "pending":
+                video.status = "interrupted"
     for unit in units:
         if unit.key not in results and videos[unit.video].status == "pending":
             videos[unit.video].status = "failed"
             videos[unit.video].error = f"a worker was lost {config.max_task_retries + 1} times running {unit.key}"
     if on_progress is not None and board is not None:
         report_progress()  # the final state
-    return ClusterReport(videos=videos, seconds=time.monotonic() - started, workers=workers)
+    return ClusterReport(videos=videos, seconds=time.monotonic() - started, workers=workers, interrupted=stop.is_set())
 
 
 # -- command line -----------------------------------------------------------------------------------
@@ -524,8 +537,10 @@ def jobs_for(src: Path, videos: Sequence[Path], output: Path | None) -> list[Vid
     return [VideoJob(v, output_path_for(v)) for v in videos]
 
 
-def run_cluster_command(args: argparse.Namespace, options: AnonymizeOptions, config: ClusterConfig, videos: Sequence[Path]) -> int:
-    """The ``anonymize --ray`` command: one progress bar, a summary table, exit 1 if a video failed."""
+def run_cluster_command(args: argparse.Namespace, options: AnonymizeOptions, config: ClusterConfig, videos: Sequence[Path],
+                        stop: threading.Event | None = None) -> int:
+    """The ``anonymize --ray`` command: one progress bar, a summary table; exit 1 if a video failed, 130
+    when ``stop`` was set (the CLI sets it on SIGINT/SIGTERM)."""
     if not videos:
         raise SdganStreamError(f"no video files in {args.input}")
     _import_ray()  # the install hint before anything else happens
@@ -544,9 +559,9 @@ def run_cluster_command(args: argparse.Namespace, options: AnonymizeOptions, con
         bar.refresh()  # tqdm shows frames and frames per second
 
     try:
-        report = run_cluster(jobs_for(args.input, videos, args.output), options, config, on_progress=progress)
+        report = run_cluster(jobs_for(args.input, videos, args.output), options, config, on_progress=progress, stop_event=stop)
     finally:
         if bar is not None:
             bar.close()
     print(report.table(), file=sys.stderr)
-    return 1 if report.failed else 0
+    return 130 if report.interrupted else 1 if report.failed else 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
@@ -271,3 +272,18 @@ def test_a_workers_next_video_shares_the_models_but_not_the_per_track_state() ->
     assert fresh.guard is not None and fresh.guard.recognizer is renderer.guard.recognizer
     # Track ids restart with each video: the guard's decision for track 1 must not carry over to a stranger.
     assert fresh.guard.tracks == 0 and fresh._previous == {} and renderer.guard.tracks == 1
+
+
+def test_a_stopped_run_leaves_nothing_under_a_final_name(ray_instance, long_clip: SyntheticClip, tmp_path: Path) -> None:
+    dst = tmp_path / "long_anonymized.mp4"
+    stop = threading.Event()
+
+    def stop_when_under_way(progress: Progress) -> None:
+        if any(frames >= 10 for frames, _ in progress.units.values()):
+            stop.set()  # what SIGINT/SIGTERM do in the command line
+
+    report = run_cluster([VideoJob(long_clip.path, dst)], OPTIONS, ClusterConfig(segment_seconds=0, workers=1),
+                         on_progress=stop_when_under_way, progress_every=0.2, stop_event=stop)
+    assert report.interrupted and report.videos[0].status == "interrupted", report.table()
+    assert not dst.exists()
+    assert {p.name for p in tmp_path.iterdir()} <= {".long_anonymized.partial.mp4"}  # a rerun starts it again

@@ -33,7 +33,7 @@ import av
 from ..errors import InputError, OutputError
 from ..types import VideoFrame
 from .sink import _AudioCopier  # the one place that copies audio packets beside a video stream
-from .source import VideoFileSource
+from .source import VideoFileSource, _video_stream
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +53,22 @@ class VideoIndex:
         return float((self.pts[-1] - self.pts[0]) * self.time_base) if self.pts else 0.0
 
 
+# MPEG-TS/PS timestamps wrap after 26.5 hours; the source unwraps them as it decodes, which a seek
+# into the middle of the file cannot reproduce: such files are not cut.
+_UNCUT_FORMATS = frozenset({"mpegts", "mpeg"})
+
+
 def read_index(path: str | Path) -> VideoIndex | None:
-    """The video's frame and keyframe timestamps; None when it cannot be cut (packets without pts)."""
+    """The video's frame and keyframe timestamps; None when it cannot be cut (packets without pts,
+    MPEG-TS/PS)."""
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, UnicodeDecodeError) as error:
         raise InputError(f"cannot read {path} as a video: {error}") from error
     with container:
-        if not container.streams.video:
-            raise InputError(f"{path} has no video stream")
-        stream = container.streams.video[0]
+        if container.format.name.split(",")[0] in _UNCUT_FORMATS:
+            return None
+        stream = _video_stream(container, Path(path))  # the stream the source decodes (never cover art)
         pts: list[int] = []
         keyframes: list[int] = []
         try:
