@@ -214,6 +214,7 @@ def plan_video(video: int, job: VideoJob, options: AnonymizeOptions, segment_sec
     if job.dst.exists():
         return VideoPlan(video, skipped=True)
     try:
+        job.dst.parent.mkdir(parents=True, exist_ok=True)
         with VideoFileSource(job.src) as source:  # the same clear errors as a single run, before any work
             info = source.info
         seconds = info.frame_count / info.fps if info.frame_count else float("inf")
@@ -408,20 +409,19 @@ def _run(ray: Any, jobs: list[VideoJob], options: AnonymizeOptions, config: Clus
             video.status, video.error = "failed", plan.error
     finish_task = ray.remote(num_cpus=0)(finish_segmented_video)
     joins: dict[Any, int] = {}  # join task -> video
+    remaining = [{unit.key for unit in plan.units} for plan in plans]  # units without a successful result yet
 
     def settle(video: int) -> None:
-        """A video whose units all succeeded is done, or gets its parts joined."""
-        plan = plans[video]
-        if videos[video].status != "pending" or any(not p.exists() for p in plan.parts or [jobs[video].dst]):
+        """A video whose units all succeeded is done, or gets its parts joined (on the cluster, where they are)."""
+        if videos[video].status != "pending" or remaining[video]:
             return
-        if plan.parts:
-            joins[finish_task.remote(plan.parts, jobs[video], options.audio)] = video
+        if plans[video].parts:
+            joins[finish_task.remote(plans[video].parts, jobs[video], options.audio)] = video
         else:
             videos[video].status = "done"
 
     for plan in plans:
-        if not plan.units and not plan.skipped and plan.error is None:
-            settle(plan.video)  # every part was finished by an earlier run: only the join is left
+        settle(plan.video)  # a video whose parts were all finished by an earlier run needs only its join
     workers = 0
     board = None
     frames_total = sum(unit.frames for unit in units)
@@ -466,6 +466,8 @@ def _run(ray: Any, jobs: list[VideoJob], options: AnonymizeOptions, config: Clus
                     video.stats[k] = video.stats.get(k, 0) + n
                 if result.error is not None and video.status == "pending":
                     video.status, video.error = "failed", result.error
+                elif result.error is None:
+                    remaining[result.video].discard(result.key)
                 settle(result.video)
         if joins:
             ready, _ = ray.wait(list(joins), num_returns=len(joins), timeout=0 if pool is not None and pool.has_next() else progress_every)
@@ -531,8 +533,7 @@ def jobs_for(src: Path, videos: Sequence[Path], output: Path | None) -> list[Vid
 
     if not src.is_dir():
         return [VideoJob(src, output if output is not None else output_path_for(src))]
-    if output is not None:
-        output.mkdir(parents=True, exist_ok=True)
+    if output is not None:  # created by the planning task, on the cluster
         return [VideoJob(v, output / f"{v.stem}_anonymized{v.suffix}") for v in videos]
     return [VideoJob(v, output_path_for(v)) for v in videos]
 
