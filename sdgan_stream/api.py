@@ -24,6 +24,7 @@ from .types import VideoFrame, VideoInfo
 
 if TYPE_CHECKING:
     from .exempt import ExemptFaces
+    from .io.segments import Segment
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,7 @@ def anonymize_video(
     on_start: Callable[[VideoInfo], None] | None = None,
     detector: CenterFaceDetector | None = None,
     renderer: FaceRenderer | None = None,
+    segment: Segment | None = None,
     **overrides: object,
 ) -> JobReport:
     """Anonymize one video file; returns a :class:`JobReport`.
@@ -135,6 +137,8 @@ def anonymize_video(
     ``dst`` defaults to ``<stem>_anonymized.<ext>`` beside ``src``. Keyword ``overrides`` are
     :class:`AnonymizeOptions` fields (``method="blur"``, ``threshold=0.3``...). Setting ``stop_event``
     (or Ctrl-C) ends the job early with a playable output of the frames done so far.
+    ``segment`` (cluster runs, :mod:`sdgan_stream.io.segments`) writes only that piece of the video,
+    without audio, for a later packet-level join.
     Raises :class:`InputError` / :class:`OutputError` with a one-line reason.
     """
     options = (options or AnonymizeOptions()).with_overrides(**overrides)
@@ -150,24 +154,31 @@ def anonymize_video(
         renderer = renderer or build_renderer(options)
         try:
             anonymizer = build_anonymizer(options, info, detector=detector, renderer=renderer)
-            audio_from = src if (options.audio and source.has_audio) else None
+            audio_from = src if (options.audio and source.has_audio and segment is None) else None
             sink = VideoFileSink(dst, info, crf=options.crf, preset=options.preset, audio_from=audio_from, colour=source.colour)
+            frames, target = source.frames(stop), sink
+            if segment is not None:  # decode the segment with its overlap, write only its own frames
+                from .io.segments import SegmentSink
+
+                frames, target = segment.read(source, stop), SegmentSink(sink, segment, on_frame_written)
+                on_frame_written = None
             try:
                 if on_start is not None:
                     on_start(info)
-                result = run_pipeline(source.frames(stop), anonymizer, sink, stop_event=stop,
+                result = run_pipeline(frames, anonymizer, target, stop_event=stop,
                                       on_frame_written=on_frame_written, parallel=options.parallel)
             except BaseException:
                 sink.abort()  # what was written stays a playable file
                 raise
-            if result.frames_out == 0:
+            if sink.frames_written == 0:
                 sink.abort()  # stopped before the first frame: no output rather than an unplayable one
             else:
                 sink.close(complete=not result.interrupted)
         finally:
             if owned_renderer:
                 close_renderer(renderer)
-    log.info("wrote %s: %d frames in %.1f s (%.1f fps)", dst, result.frames_out, result.seconds, result.fps)
+    fps = sink.frames_written / result.seconds if result.seconds > 0 else 0.0  # a segment's overlap frames not counted
+    log.info("wrote %s: %d frames in %.1f s (%.1f fps)", dst, sink.frames_written, result.seconds, fps)
     stats = dict(anonymizer.stats)
     guard = getattr(anonymizer.renderer, "guard", None)  # the sdgan renderer's identity guard, when on
     if guard is not None:
@@ -175,10 +186,10 @@ def anonymize_video(
     return JobReport(
         input=src,
         output=dst,
-        frames=result.frames_out,
+        frames=sink.frames_written,
         interrupted=result.interrupted,
         seconds=result.seconds,
-        fps=result.fps,
+        fps=fps,
         audio_packets=sink.audio_packets_copied,
         corrupt_packets=source.corrupt_packets,
         stats=stats,

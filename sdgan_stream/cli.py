@@ -13,6 +13,7 @@ from .bench import add_bench_parser
 from .build_engine import add_build_engine_parser
 from .cli_options import DEFAULTS as _DEFAULTS
 from .cli_options import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, HelpFormatter, add_job_options, options_from_args, run_handler
+from .cluster import add_cluster_options, cluster_config_from_args, run_cluster_command
 from .config import AnonymizeOptions
 from .errors import SdganStreamError
 from .evaluate import add_evaluate_parser
@@ -36,6 +37,7 @@ def _add_anonymize(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--preset", default=argparse.SUPPRESS, help=f"x264 speed preset (default: {_DEFAULTS.preset})")
     parser.add_argument("--no-audio", action="store_false", dest="audio", default=argparse.SUPPRESS, help="drop the audio instead of copying it")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_cluster_options(parser)  # --ray [ADDRESS] and its flags (sdgan_stream/cluster.py)
     parser.set_defaults(handler=_run_anonymize)
 
 
@@ -145,6 +147,9 @@ def _run_anonymize(args: argparse.Namespace) -> int:
 
 def _anonymize_paths(args: argparse.Namespace, options: AnonymizeOptions, stop: threading.Event) -> int:
     src: Path = args.input
+    cluster = cluster_config_from_args(args)
+    if cluster is not None:  # --ray: the same jobs, spread over Ray actors
+        return run_cluster_command(args, options, cluster, _videos_in(src) if src.is_dir() else [src], stop)
     if src.is_dir():
         videos = _videos_in(src)
         if not videos:

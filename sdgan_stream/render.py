@@ -14,6 +14,7 @@ centre of the detected face (a landmark fit that wandered off must not leave the
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from collections.abc import Sequence
@@ -163,6 +164,19 @@ class SdganRenderer:
         close = getattr(self.backend, "close", None)
         if close is not None:
             close()
+
+    def for_new_stream(self) -> SdganRenderer:
+        """A renderer for another video that shares this one's loaded models (generator backend, landmark
+        model, recognizer) and none of its per-stream state: smoothing history and the guard's per-track
+        decisions are keyed by track ids, which restart with every stream (a cluster worker's next video)."""
+        clone = copy.copy(self)
+        clone._previous = {}
+        clone.last_generated = []
+        if self.guard is not None:
+            from .identity_guard import IdentityGuard
+
+            clone.guard = IdentityGuard(self.guard.recognizer, self.guard.config)
+        return clone
 
     def render(self, image: np.ndarray, faces: Sequence[Face]) -> list[FaceOutcome]:
         outcomes: list[FaceOutcome] = []

@@ -151,12 +151,18 @@ class VideoFileSource:
                     first = False
                 yield frame
 
-    def frames(self, stop: threading.Event | None = None) -> Iterator[VideoFrame]:
-        """Decoded frames in order, as RGB arrays in stored orientation; stops early when ``stop`` is set."""
+    def frames(self, stop: threading.Event | None = None, *, start_pts: int | None = None) -> Iterator[VideoFrame]:
+        """Decoded frames in order, as RGB arrays in stored orientation; stops early when ``stop`` is set.
+
+        ``start_pts`` (in the stream's time base) starts at that frame: decoding seeks to the keyframe at
+        or before it and skips the frames between (a segment of a long video, see ``io.segments``).
+        """
         index = 0
         pending = [self._first]
         wrap_offset, last_pts = 0, None
         deep = self.colour.bits > 8
+        if start_pts is not None and self._first.pts is not None and start_pts > self._first.pts:
+            pending = self._seek(start_pts)
         while True:
             if stop is not None and stop.is_set():
                 return
@@ -192,6 +198,22 @@ class VideoFileSource:
                 deep=samples,
             )
             index += 1
+
+    def _seek(self, pts: int) -> list[av.VideoFrame]:
+        """Restart decoding at the keyframe at or before ``pts``; returns the first frame at or after it."""
+        first_pts = self._first.pts
+        for target in (pts, first_pts):  # then from the start, if the demuxer's seek landed past ``pts``
+            self._container.seek(target, stream=self._stream, backward=True)
+            self._frames = self._decode()
+            for position, frame in enumerate(self._frames):
+                if position == 0 and target != first_pts and frame.pts is not None and frame.pts > pts:
+                    log.warning("seek to pts %d in %s landed at %d: decoding from the start", pts, self.path, frame.pts)
+                    break  # frames between would be lost
+                if frame.pts is None or frame.pts >= pts:
+                    return [frame]
+            else:
+                return []
+        return []
 
     def close(self) -> None:
         self._container.close()
