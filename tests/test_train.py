@@ -257,15 +257,17 @@ def test_export_load_parity_and_samples(tmp_path):
     generator, config, meta = load_generator_bundle(bundle)
     assert config == TINY_G and meta["steps"] == 2
     b = trainer.batch(0)
-    trainer.generator.eval()
+    assert trainer.export_generator is trainer.generator_ema  # the EMA copy is what ships
     with torch.no_grad():
-        ref = trainer.generator(b["masked"], b["semantic"], b["code"])
+        ref = trainer.export_generator(b["masked"], b["semantic"], b["code"])
         out = generator(b["masked"], b["semantic"], b["code"])
         same = generator(b["masked"], b["semantic"], b["code"])
     assert float((ref - out).abs().max()) < 2e-2
     assert torch.equal(out, same)
     again = export_run(tmp_path / "run", tmp_path / "bundle2")
-    assert load_generator_bundle(again)[1] == TINY_G
+    generator2, config2, meta2 = load_generator_bundle(again)
+    assert config2 == TINY_G and meta2["ema_decay"] == trainer.config.ema_decay
+    assert all(torch.equal(a, c) for a, c in zip(generator.state_dict().values(), generator2.state_dict().values()))
 
 
 def test_cli_parsers():
