@@ -112,18 +112,26 @@ def test_project_classes_side_eyes_by_the_landmarks():
     assert np.all(ours[0:3] == class_id("background")) and np.all(ours[60:] == class_id("hair"))
 
 
-def test_prepare_celebamask_layout(celebamask_tree, tmp_path):
-    seen = []
+@pytest.fixture(scope="module")
+def prepared(celebamask_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, list]:
+    """The tree prepared with CelebA identities and CelebA's test people held out; (folder, manifest, progress)."""
+    out = tmp_path_factory.mktemp("prepared") / "out"
+    seen: list[tuple[int, int]] = []
     manifest = prepare_dataset(
-        tmp_path / "out", images_dir=celebamask_tree, size=SIZE, shard_size=1, min_face=20,
+        out, images_dir=celebamask_tree, size=SIZE, shard_size=1, min_face=20, workers=1,
         identities=f"file:{celebamask_tree.parent / 'identity_CelebA.txt'}", holdout="celeba-test",
         progress=lambda done, total: seen.append((done, total)),
     )
+    return out, manifest, seen
+
+
+def test_prepare_celebamask_layout(prepared):
+    out, manifest, seen = prepared
     assert manifest["layout"] == "celebamask-hq" and manifest["parsing"] is True
     assert seen[-1] == (4, 4)
     assert manifest["count"] == 2 and manifest["people"] == 1  # ids 0 and 1: one CelebA person
     assert manifest["heldout"]["count"] == 2 and manifest["heldout"]["people"] == 2
-    train, held = load_faceset(tmp_path / "out"), load_faceset(tmp_path / "out" / HELDOUT)
+    train, held = load_faceset(out), load_faceset(out / HELDOUT)
     assert train.identities == ("7",) and set(held.identities) == {"9", "11"}
     for faces in (train, held):
         assert faces.parsing is not None and faces.parsing.shape == (2, SIZE, SIZE)
@@ -157,3 +165,29 @@ def test_prepare_resumes_and_refuses_other_settings(celebamask_tree, tmp_path):
     assert seen[0] >= 2 and seen[-1] == 3
     with pytest.raises(InputError, match="other settings"):
         prepare_dataset(out, **{**common, "size": 32})
+
+
+def test_validation_measures_identity_landmarks_and_detection(prepared, tmp_path):
+    import torch
+
+    from train.validate import Validator
+
+    validator = Validator(prepared[0] / HELDOUT, count=4, code_dim=16)
+    assert len(validator) == 2
+    originals = torch.from_numpy(validator.crops).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+    class Replay(torch.nn.Module):  # gives the original faces back: nothing is anonymized
+        def forward(self, masked, semantic, code):
+            return originals[: len(code)]
+
+    class Grey(torch.nn.Module):  # a flat grey face
+        def forward(self, masked, semantic, code):
+            return torch.zeros_like(masked)
+
+    leak = validator.run(Replay(), torch.device("cpu"), 5, tmp_path)
+    assert leak["identity_distance"] < 1e-3 and leak["leak_rate"] == 1.0 and leak["landmark_error"] < 1e-3
+    assert leak["detection_rate"] == leak["detection_rate_original"]
+    grey = validator.run(Grey(), torch.device("cpu"), 6, tmp_path)
+    assert grey["identity_distance"] > 0.3 and grey["landmark_error"] > leak["landmark_error"]
+    assert (tmp_path / "val.csv").read_text().count("\n") == 3
+    assert (tmp_path / "val_curve.png").is_file() and (tmp_path / "samples" / "val_step_0000006.png").is_file()

@@ -22,11 +22,14 @@ from train.trainer import LOSS_FIELDS, Trainer
 ROOT = Path(__file__).resolve().parent.parent
 LR = 2e-4  # the default
 # Losses of a 2-process run vs one process with the same global batch: the same arithmetic up to the
-# order of float32 sums (gloo's all-reduce, per-process means). The first step agrees to ~1e-7 (relative);
-# then Adam turns float noise in near-zero gradients into lr-sized weight differences, so later steps
-# drift apart (measured: ~3e-5 after 3 steps at lr 2e-4, ~1e-2 at lr 1e-3).
-FIRST_RTOL = 1e-5
-RTOL, ATOL = 1e-3, 1e-5
+# order of float32 sums (gloo's all-reduce, per-process and per-micro-batch means). Relative tolerance by
+# step: the first agrees to ~1e-5 (same weights; the log's rounding); after one update to ~6e-4; then Adam
+# turns float noise in zero gradients (a conv bias right before an instance norm) into lr-sized steps and
+# the runs drift apart (measured by step 4 at lr 2e-4: up to 1.6e-2 for 2 processes x 2 micro-batches of 1
+# vs one process, the identity term most). Gradients themselves agree to ~1e-6 (test_accumulation_...).
+STEP_RTOL = (1e-5, 2e-3, 3e-2)
+FIRST_RTOL = STEP_RTOL[0]
+ATOL = 2e-5  # log.csv keeps 5 decimals: two roundings of equal numbers may differ by 1e-5
 
 
 @pytest.fixture(autouse=True)
@@ -59,11 +62,11 @@ def _log(run: Path) -> list[dict[str, float]]:
 
 
 def _assert_losses_match(a: list[dict[str, float]], b: list[dict[str, float]]) -> None:
-    """Same steps, same losses: the first row to FIRST_RTOL, the rest to RTOL."""
+    """Same steps, same losses, to STEP_RTOL by the row's distance from the first."""
     assert [r["step"] for r in a] == [r["step"] for r in b]
     for index, (ra, rb) in enumerate(zip(a, b)):
         for key in LOSS_FIELDS:
-            rel = FIRST_RTOL if index == 0 else RTOL
+            rel = STEP_RTOL[min(index, len(STEP_RTOL) - 1)]
             assert ra[key] == pytest.approx(rb[key], rel=rel, abs=ATOL), (ra["step"], key)
 
 
@@ -83,8 +86,9 @@ def test_two_processes_match_one_and_resume_in_one(tmp_path):
     single, double, resumed = tmp_path / "single", tmp_path / "double", tmp_path / "resumed"
     assert main(_train_args(data, single, 4)) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    # 2 processes x 2 accumulated micro-batches of 1 = the single process's batch of 4 (DDP's no_sync path too)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "sdgan_stream.training_cli"] + _train_args(data, double, 4)
+               "-m", "sdgan_stream.training_cli"] + _train_args(data, double, 4) + ["--accum", "2"]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -110,17 +114,22 @@ def test_two_processes_match_one_and_resume_in_one(tmp_path):
 
 
 def test_accumulation_matches_one_big_batch(tmp_path):
-    """Two micro-batches of 2 train exactly like one batch of 4 (paired-only terms normalised globally)."""
+    """Two micro-batches of 2 give the gradients of one batch of 4 (paired-only terms normalised over the
+    whole batch), hence the same training."""
     faces = _tiny_faceset(4, per_identity=2)
     config = _config(batch=4, mode="identity", lr_g=LR, lr_d=LR, lr_e=LR)
-    runs = []
-    for accum in (1, 2):
-        trainer = Trainer(data_dir=tmp_path, run_dir=tmp_path / f"run{accum}", config=config, faces=faces, accum=accum)
-        runs.append([trainer.train_step(trainer.batch(step)) for step in range(2)])
-        runs[-1].append(trainer)
-    (*losses_one, one), (*losses_two, two) = runs
-    assert 0 < sum(b["paired"].sum().item() for b in [one.batch(s) for s in range(2)]) < 8  # mixed pairing
-    _assert_losses_match([{"step": i, **x} for i, x in enumerate(losses_one)], [{"step": i, **x} for i, x in enumerate(losses_two)])
+    one, two = (Trainer(data_dir=tmp_path, run_dir=tmp_path / f"run{a}", config=config, faces=faces, accum=a) for a in (1, 2))
+    batch = one.batch(0)
+    assert 0 < float(batch["paired"].sum()) < 4  # paired and unpaired examples: the normalisation matters
+    first = [t.train_step(batch) for t in (one, two)]
+    for module in ("generator", "discriminator", "encoder"):  # the gradients each optimizer just stepped with
+        a, b = (torch.cat([p.grad.flatten() for p in getattr(t, module).parameters()]) for t in (one, two))
+        # Per network, not per tensor: a conv bias right before an instance norm has a true gradient of 0,
+        # so its float32 noise has no scale of its own (in float64 every other tensor agrees to 1e-9).
+        error = float((a - b).norm() / a.norm())
+        assert error < 1e-5, (module, error)
+    second = [t.train_step(t.batch(1)) for t in (one, two)]
+    _assert_losses_match([{"step": 1, **first[0]}, {"step": 2, **second[0]}], [{"step": 1, **first[1]}, {"step": 2, **second[1]}])
     _assert_weights_agree(dict(one.generator.named_parameters()), dict(two.generator.named_parameters()), "generator")
     with pytest.raises(Exception, match="does not split"):
         Trainer(data_dir=tmp_path, run_dir=tmp_path / "bad", config=config, faces=faces, accum=3)
@@ -140,3 +149,26 @@ def test_bf16_on_cpu_trains(tmp_path):
     losses = [trainer.train_step(trainer.batch(s)) for s in range(2)]
     assert all(np.isfinite(list(loss.values())).all() for loss in losses)
     assert all(p.dtype == torch.float32 for p in trainer.generator.parameters())  # autocast: weights stay float32
+
+
+def test_vgg_perceptual_term_with_a_local_weights_file(tmp_path):
+    """--vgg19-weights: a torchvision-layout VGG19 state dict (random here: no ImageNet weights offline)."""
+    from safetensors.torch import save_file
+
+    from train.losses import _VGG19_CFG
+
+    state, index, in_c = {}, 0, 3
+    for v in _VGG19_CFG:
+        if v == "M":
+            index += 1
+            continue
+        state[f"features.{index}.weight"] = torch.randn(int(v), in_c, 3, 3) * 0.05
+        state[f"features.{index}.bias"] = torch.zeros(int(v))
+        in_c, index = int(v), index + 2
+    save_file(state, str(tmp_path / "vgg19.safetensors"))
+    faces = _tiny_faceset(4, per_identity=2)
+    config = _config(batch=4, mode="identity", vgg19_weights=str(tmp_path / "vgg19.safetensors"))
+    one = Trainer(data_dir=tmp_path, run_dir=tmp_path / "a", config=config, faces=faces)
+    two = Trainer(data_dir=tmp_path, run_dir=tmp_path / "b", config=config, faces=faces, accum=2)
+    a, b = one.train_step(one.batch(0)), two.train_step(two.batch(0))
+    assert a["g_vgg"] > 0 and a["g_vgg"] == pytest.approx(b["g_vgg"], rel=FIRST_RTOL)

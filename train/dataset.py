@@ -368,11 +368,10 @@ class ShareOfBatches(torch.utils.data.Dataset):
     def __getitem__(self, step: int) -> dict[str, np.ndarray]:
         return self.sampler.batch(step, self.global_batch, start=self.start, count=self.count)
 
-    def loader(self, steps: range, *, workers: int, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    def loader(self, steps: range, *, workers: int) -> torch.utils.data.DataLoader:
         return torch.utils.data.DataLoader(
             self, sampler=steps, batch_size=None, collate_fn=_no_collate, num_workers=workers,
-            pin_memory=pin_memory, persistent_workers=False, prefetch_factor=4 if workers else None,
-            worker_init_fn=_worker_threads if workers else None,
+            prefetch_factor=4 if workers else None, worker_init_fn=_worker_threads if workers else None,
         )
 
 

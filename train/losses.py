@@ -19,13 +19,11 @@ from sdgan_stream.errors import WeightsError
 __all__ = [
     "VGG19Features",
     "contrastive_loss",
-    "feature_matching_loss",
     "feature_matching_per_sample",
     "identity_loss",
     "lsgan_loss",
     "masked_l1",
     "masked_l1_per_sample",
-    "perceptual_loss",
     "perceptual_per_sample",
     "weighted_mean",
 ]
@@ -61,11 +59,6 @@ def feature_matching_per_sample(fake: list[list[Tensor]], real: list[list[Tensor
         for f, r in zip(fake_scale[:-1], real_scale[:-1])
     ]
     return torch.stack(layers).mean(dim=0)
-
-
-def feature_matching_loss(fake: list[list[Tensor]], real: list[list[Tensor]], weight: Tensor | None = None) -> Tensor:
-    """Feature matching averaged over samples (optionally weighted per sample)."""
-    return weighted_mean(feature_matching_per_sample(fake, real), weight)
 
 
 def masked_l1_per_sample(a: Tensor, b: Tensor, mask: Tensor) -> Tensor:
@@ -154,7 +147,3 @@ def perceptual_per_sample(vgg: VGG19Features, fake: Tensor, real: Tensor) -> Ten
     layers = [w * (f - r).abs().mean(dim=(1, 2, 3)) for w, f, r in zip(layer_weights, vgg(fake), real_feats)]
     return torch.stack(layers).sum(dim=0)
 
-
-def perceptual_loss(vgg: VGG19Features, fake: Tensor, real: Tensor, weight: Tensor | None = None) -> Tensor:
-    """The perceptual term averaged over samples (optionally weighted per sample)."""
-    return weighted_mean(perceptual_per_sample(vgg, fake, real), weight)

@@ -516,7 +516,7 @@ class Trainer:
         return batch_to_tensors(self._share()[step], self.device)
 
     def _batches(self, steps: range, workers: int) -> Iterator[dict[str, Tensor]]:
-        loader = self._share().loader(steps, workers=workers, pin_memory=self.device.type == "cuda")
+        loader = self._share().loader(steps, workers=workers)
         for numpy_batch in loader:
             yield batch_to_tensors(numpy_batch, self.device)
 
