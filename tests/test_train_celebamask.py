@@ -191,3 +191,18 @@ def test_validation_measures_identity_landmarks_and_detection(prepared, tmp_path
     assert grey["identity_distance"] > 0.3 and grey["landmark_error"] > leak["landmark_error"]
     assert (tmp_path / "val.csv").read_text().count("\n") == 3
     assert (tmp_path / "val_curve.png").is_file() and (tmp_path / "samples" / "val_step_0000006.png").is_file()
+
+
+def test_train_cli_on_hand_labelled_maps_with_validation(prepared, tmp_path):
+    from sdgan_stream.training_cli import main
+
+    out, run = prepared[0], tmp_path / "run"
+    args = ["train", "--data", str(out), "--out", str(run), "--steps", "2", "--batch", "2", "--mode", "identity",
+            "--maps", "mixed", "--ngf", "4", "--spade-hidden", "8", "--identity-dim", "16", "--ndf", "4",
+            "--encoder-width", "4", "--threads", "1", "--no-progress", "--sample-every", "0", "--log-every", "1",
+            "--workers", "1", "--val-data", str(out / HELDOUT), "--val-every", "2", "--val-count", "2"]
+    assert main(args) == 0
+    rows = (run / "val.csv").read_text().splitlines()
+    assert rows[0].startswith("step,faces,identity_distance") and rows[1].startswith("2,2,")
+    assert json.loads((run / "config.json").read_text())["train"]["maps"] == "mixed"
+    assert (run / "loss_curve.png").is_file() and "images_per_s" in (run / "log.csv").read_text().splitlines()[0]
