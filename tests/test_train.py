@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from sdgan_stream.errors import WeightsError
+from sdgan_stream.errors import InputError, WeightsError
 from sdgan_stream.models import GeneratorConfig, identity_code, load_generator_bundle
-from sdgan_stream.semantic import colorize, mean_face_landmarks, rasterize_semantic_map
-from train.dataset import IdentikitSampler, IdentitySampler, batch_to_tensors
+from sdgan_stream.semantic import class_id, colorize, mean_face_landmarks, rasterize_semantic_map
+from train.dataset import EpochOrder, IdentikitSampler, IdentitySampler, batch_to_tensors
 from train.identikit import FaceSource, compose_identikit, recipe_dims, recipe_from_code
 from train.losses import contrastive_loss, lsgan_loss, masked_l1
 from train.shards import FaceSet, ShardWriter, load_faceset
 from train.trainer import TrainConfig, Trainer, export_run
-from train.warp import mirror_face, piecewise_affine_maps, random_deformation, warp_image
+from train.warp import mirror_face, mirror_labels, piecewise_affine_maps, random_deformation, warp_image
 
 SIZE = 32
 TINY_G = GeneratorConfig(image_size=SIZE, identity_dim=16, ngf=4, spade_hidden=8, style_dim=16)
@@ -257,15 +257,17 @@ def test_export_load_parity_and_samples(tmp_path):
     generator, config, meta = load_generator_bundle(bundle)
     assert config == TINY_G and meta["steps"] == 2
     b = trainer.batch(0)
-    trainer.generator.eval()
+    assert trainer.export_generator is trainer.generator_ema  # the EMA copy is what ships
     with torch.no_grad():
-        ref = trainer.generator(b["masked"], b["semantic"], b["code"])
+        ref = trainer.export_generator(b["masked"], b["semantic"], b["code"])
         out = generator(b["masked"], b["semantic"], b["code"])
         same = generator(b["masked"], b["semantic"], b["code"])
     assert float((ref - out).abs().max()) < 2e-2
     assert torch.equal(out, same)
     again = export_run(tmp_path / "run", tmp_path / "bundle2")
-    assert load_generator_bundle(again)[1] == TINY_G
+    generator2, config2, meta2 = load_generator_bundle(again)
+    assert config2 == TINY_G and meta2["ema_decay"] == trainer.config.ema_decay
+    assert all(torch.equal(a, c) for a, c in zip(generator.state_dict().values(), generator2.state_dict().values()))
 
 
 def test_cli_parsers():
@@ -281,6 +283,9 @@ def test_cli_parsers():
     assert args.images_dir is None and args.out_dir == "out" and args.sample_photos
     args = parser.parse_args(["train", "--data", "d", "--out", "r", "--steps", "5", "--batch", "2", "--amp", "--resume"])
     assert (args.steps, args.batch, args.amp, args.resume) == (5, 2, True, True)
+    assert (args.precision, args.ema_decay, args.accum, args.workers, args.maps) == (None, 0.999, 1, 0, "landmarks")
+    args = parser.parse_args(["prepare-data", "imgs", "out", "--holdout", "celeba-test", "--layout", "celebamask-hq"])
+    assert (args.holdout, args.layout, args.workers) == ("celeba-test", "celebamask-hq", None)
 
 
 def test_train_cli_end_to_end(tmp_path):
@@ -304,3 +309,71 @@ def test_train_cli_end_to_end(tmp_path):
     assert main(common + ["--steps", "3", "--resume", "--export", str(tmp_path / "bundle")]) == 0
     _, config, meta = load_generator_bundle(tmp_path / "bundle")
     assert meta["steps"] == 3 and config.ngf == 4
+
+
+# ----------------------------------------------------------------------------- scale: sampling shares, epochs, maps
+
+
+def test_a_share_of_a_batch_is_that_part_of_the_whole_batch():
+    faces = _tiny_faceset(3, per_identity=2)
+    for sampler in (IdentikitSampler(faces, code_dim=16, seed=1), IdentitySampler(faces, code_dim=16, seed=1)):
+        whole = sampler.batch(7, 4)
+        parts = [sampler.batch(7, 4, start=s, count=2) for s in (0, 2)]
+        for key in whole:
+            assert np.array_equal(np.concatenate([p[key] for p in parts]), whole[key]), key
+        with pytest.raises(ValueError):
+            sampler.batch(7, 4, start=3, count=2)
+
+
+def test_identity_sampling_sees_every_face_once_per_epoch():
+    faces = _tiny_faceset(3, per_identity=2)  # 6 faces
+    order = EpochOrder(len(faces), seed=4)
+    first, second = [order(g) for g in range(6)], [order(g) for g in range(6, 12)]
+    assert sorted(first) == sorted(second) == list(range(6)) and first != second
+    sampler = IdentitySampler(faces, code_dim=16, seed=4)
+    sources = [sampler.order(step * 3 + i) for step in range(2) for i in range(3)]  # two batches of 3 = one epoch
+    assert sorted(sources) == list(range(6))
+
+
+def test_parsing_maps_are_warped_with_the_crop_and_mirrored_with_sides_swapped():
+    faces = _tiny_faceset(3, per_identity=2)
+    parsing = faces.labels.copy()
+    parsing[:, :4] = class_id("hair")  # a hand-labelled class the landmark maps never draw
+    with_parsing = FaceSet(crops=faces.crops, labels=faces.labels, landmarks=faces.landmarks, identity=faces.identity,
+                           identities=faces.identities, size=SIZE, parsing=parsing)
+    with pytest.raises(InputError, match="hand-labelled"):
+        IdentitySampler(faces, code_dim=16, maps="parsing")
+    hair = [IdentitySampler(with_parsing, code_dim=16, seed=2, maps=m).batch(0, 8)["labels"] == class_id("hair")
+            for m in ("landmarks", "parsing", "mixed")]
+    assert not hair[0].any() and all(h[:2].any() for h in hair[1]) and 0 < sum(h.any() for h in hair[2]) < 8
+    labels = parsing[0]
+    mirrored = mirror_labels(labels)
+    assert np.array_equal(mirror_labels(mirrored), labels)
+    assert np.array_equal(mirrored == class_id("l_eye"), (labels == class_id("r_eye"))[:, ::-1])
+
+
+def test_data_loader_workers_give_the_same_batches(tmp_path):
+    faces = _tiny_faceset(3)
+    trainer = Trainer(data_dir=tmp_path, run_dir=tmp_path / "run", config=_config(steps=3), faces=faces)
+    inline = [b["target"] for b in trainer._batches(range(0, 3), workers=0)]
+    loaded = [b["target"] for b in trainer._batches(range(0, 3), workers=2)]
+    assert all(torch.equal(a, b) for a, b in zip(inline, loaded)) and len(loaded) == 3
+
+
+def test_init_from_a_bundle_takes_its_generator_shape(tmp_path):
+    from sdgan_stream.training_cli import main
+
+    faces = _tiny_faceset(2)
+    writer = ShardWriter(tmp_path / "data", size=SIZE)
+    for i in range(len(faces)):
+        writer.add(faces.crops[i], faces.labels[i], faces.landmarks[i], faces.identities[faces.identity[i]])
+    writer.close()
+    base = Trainer(data_dir=tmp_path, run_dir=tmp_path / "base", config=_config(steps=1), faces=faces)
+    bundle = base.export(tmp_path / "bundle")
+    args = ["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "tuned"), "--steps", "1", "--batch", "2",
+            "--ndf", "4", "--encoder-width", "4", "--no-progress", "--threads", "1", "--sample-every", "0",
+            "--init-from", str(bundle), "--vgg-weights", str(tmp_path / "missing.pth")]
+    assert main(args) == 1  # --vgg-weights is --vgg19-weights: a missing file is a clear error
+    assert main(args[:-2] + ["--export", str(tmp_path / "tuned_bundle")]) == 0  # no --ngf etc.: the bundle's shape
+    _, config, meta = load_generator_bundle(tmp_path / "tuned_bundle")
+    assert config == TINY_G and meta["init_from"] == str(bundle)

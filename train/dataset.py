@@ -10,8 +10,16 @@ Two ways to turn faces into (input, target identity, target image) examples, one
   reconstruct the source with its own identity's code (paired), the other half ask for another
   identity's code (no pixel target: adversarial, identity and context losses only), as in SDGAN.
 
-Both are deterministic in ``(seed, step)``: batch ``k`` is drawn from ``default_rng([seed, k])``, so a
-resumed run sees exactly the batches the uninterrupted run would have seen.
+Both are deterministic: example ``i`` of global batch ``k`` is drawn from ``default_rng([seed, k, i, tag])``
+alone, so a resumed run sees exactly the batches the uninterrupted run would have seen, and a process
+of a distributed run draws only its own share of a global batch (``batch(k, size, start=, count=)``),
+the same examples whatever the number of processes. :class:`IdentitySampler` takes its source faces
+in epochs (:class:`EpochOrder`): every face once per epoch, in a fresh order each epoch, across all
+processes together - what ``DistributedSampler`` guarantees, without its per-process padding.
+
+Maps (``maps``, :class:`IdentitySampler`): ``landmarks`` draws every map from the 68 landmarks (what
+inference sees), ``parsing`` uses a data set's hand-labelled maps (CelebAMask-HQ; warped with the
+crop), ``mixed`` picks one of the two per example.
 
 A batch is a dict of numpy arrays (N = batch size, S = crop size):
 
@@ -38,20 +46,33 @@ import cv2
 import numpy as np
 import torch
 
+from sdgan_stream.errors import InputError
 from sdgan_stream.faceprep import region_mask_from_labels
 from sdgan_stream.models.identity import identity_code
 from sdgan_stream.semantic import CLASS_NAMES, class_id, rasterize_semantic_map
 
 from .identikit import FaceSource, compose_identikit, recipe_dims, recipe_from_code
 from .shards import FaceSet
-from .warp import DeformConfig, mirror_face, random_deformation, warp_image
+from .warp import DeformConfig, face_warp_maps, mirror_face, mirror_labels, random_deformation, remap, warp_image
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AugmentConfig", "DONOR_RULES", "IdentikitSampler", "IdentitySampler", "Sampler", "batch_to_tensors", "make_sampler"]
+__all__ = [
+    "AugmentConfig",
+    "DONOR_RULES",
+    "EpochOrder",
+    "IdentikitSampler",
+    "IdentitySampler",
+    "MAP_SOURCES",
+    "Sampler",
+    "ShareOfBatches",
+    "batch_to_tensors",
+    "make_sampler",
+]
 
 
 DONOR_RULES = ("others", "any")  # which photos an identikit face may borrow regions from (IdentikitSampler)
+MAP_SOURCES = ("landmarks", "parsing", "mixed")  # where IdentitySampler's maps come from
 
 
 @dataclass(frozen=True)
@@ -71,7 +92,37 @@ class AugmentConfig:
 class Sampler(Protocol):
     code_dim: int
 
-    def batch(self, step: int, size: int) -> dict[str, np.ndarray]: ...
+    def batch(self, step: int, size: int, *, start: int = 0, count: int | None = None) -> dict[str, np.ndarray]:
+        """Examples ``start .. start + count`` (default: all) of global batch ``step`` of ``size`` examples."""
+        ...
+
+
+def _example_rng(seed: int, step: int, index: int, tag: int) -> np.random.Generator:
+    return np.random.default_rng([seed, step, index, tag])
+
+
+def _share(size: int, start: int, count: int | None) -> range:
+    count = size - start if count is None else count
+    if start < 0 or count < 0 or start + count > size:
+        raise ValueError(f"examples {start}..{start + count} are not inside a batch of {size}")
+    return range(start, start + count)
+
+
+class EpochOrder:
+    """The face that global example ``g`` of a run starts from: a fresh permutation of all faces per epoch."""
+
+    def __init__(self, count: int, seed: int) -> None:
+        self.count = count
+        self.seed = seed
+        self._cache: dict[int, np.ndarray] = {}
+
+    def __call__(self, example: int) -> int:
+        epoch, position = divmod(example, self.count)
+        if epoch not in self._cache:
+            if len(self._cache) > 2:  # a batch spans at most two epochs
+                self._cache.clear()
+            self._cache[epoch] = np.random.default_rng([self.seed, epoch, 3]).permutation(self.count)
+        return int(self._cache[epoch][position])
 
 
 def _colour_jitter(images: list[np.ndarray], rng: np.random.Generator, cfg: AugmentConfig) -> list[np.ndarray]:
@@ -178,9 +229,8 @@ class IdentikitSampler:
             "same_source": np.float32(0.0),
         }
 
-    def batch(self, step: int, size: int) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng([self.seed, step, 1])
-        return _stack([self.example(rng) for _ in range(size)])
+    def batch(self, step: int, size: int, *, start: int = 0, count: int | None = None) -> dict[str, np.ndarray]:
+        return _stack([self.example(_example_rng(self.seed, step, i, 1)) for i in _share(size, start, count)])
 
 
 class IdentitySampler:
@@ -194,28 +244,40 @@ class IdentitySampler:
         augment: AugmentConfig = AugmentConfig(),
         seed: int = 0,
         paired_fraction: float = 0.5,
+        maps: str = "landmarks",
     ) -> None:
+        if maps not in MAP_SOURCES:
+            raise ValueError(f"maps must be one of {', '.join(MAP_SOURCES)}, got {maps!r}")
+        if maps != "landmarks" and faces.parsing is None:
+            raise InputError(f"maps {maps!r} needs hand-labelled maps: prepare a data set that has them (CelebAMask-HQ)")
         self.faces = faces
         self.code_dim = code_dim
         self.augment = augment
         self.seed = seed
         self.paired_fraction = paired_fraction
+        self.maps = maps
         self.size = faces.size
+        self.order = EpochOrder(len(faces), seed)
         self.by_identity = [np.nonzero(faces.identity == i)[0] for i in range(faces.num_identities)]
         self.codes = np.stack([identity_code(1_000_003 + i, code_dim) for i in range(faces.num_identities)])
 
-    def _view(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _view(self, index: int, rng: np.random.Generator, parsing: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         crop, landmarks = self.faces.crops[index], self.faces.landmarks[index]
+        labels = self.faces.parsing[index] if parsing and self.faces.parsing is not None else None
         if self.augment.flip and rng.random() < 0.5:
             crop, landmarks = mirror_face(crop, landmarks)
+            labels = mirror_labels(labels) if labels is not None else None
         # Real data: milder warps (their variety is real), no shape mixing.
         new = random_deformation(landmarks, rng, size=self.size, config=_MILD)
-        return warp_image(crop, landmarks, new), new, rasterize_semantic_map(new, self.size)
+        maps = face_warp_maps(landmarks, new, self.size)
+        labels = rasterize_semantic_map(new, self.size) if labels is None else remap(labels, maps, cv2.INTER_NEAREST)
+        return remap(crop, maps), new, labels
 
-    def example(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        index = int(rng.integers(len(self.faces)))
+    def example(self, rng: np.random.Generator, index: int) -> dict[str, np.ndarray]:
+        """The example built on face ``index`` (:class:`EpochOrder`) with randomness from ``rng``."""
         src_id = int(self.faces.identity[index])
-        image, landmarks, labels = self._view(index, rng)
+        parsing = self.maps == "parsing" or (self.maps == "mixed" and rng.random() < 0.5)
+        image, landmarks, labels = self._view(index, rng, parsing)
         paired = rng.random() < self.paired_fraction or self.faces.num_identities < 2
         if paired:
             tgt_id = src_id
@@ -224,7 +286,7 @@ class IdentitySampler:
             tgt_id += tgt_id >= src_id
         members = self.by_identity[tgt_id]
         pos_index = int(members[rng.integers(len(members))])
-        positive, _, pos_labels = self._view(pos_index, rng)
+        positive, _, pos_labels = self._view(pos_index, rng, parsing)
         (image,) = _colour_jitter([image], rng, self.augment)
         (positive,) = _colour_jitter([positive], rng, self.augment)
         return {
@@ -239,9 +301,10 @@ class IdentitySampler:
             "same_source": np.float32(1.0 if paired else 0.0),
         }
 
-    def batch(self, step: int, size: int) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng([self.seed, step, 2])
-        return _stack([self.example(rng) for _ in range(size)])
+    def batch(self, step: int, size: int, *, start: int = 0, count: int | None = None) -> dict[str, np.ndarray]:
+        return _stack(
+            [self.example(_example_rng(self.seed, step, i, 2), self.order(step * size + i)) for i in _share(size, start, count)]
+        )
 
 
 _MILD = DeformConfig(
@@ -257,17 +320,59 @@ def _stack(examples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 def make_sampler(
-    faces: FaceSet, *, mode: str, code_dim: int, seed: int, augment: AugmentConfig = AugmentConfig(), donors: str = "others"
+    faces: FaceSet,
+    *,
+    mode: str,
+    code_dim: int,
+    seed: int,
+    augment: AugmentConfig = AugmentConfig(),
+    donors: str = "others",
+    maps: str = "landmarks",
 ) -> Sampler:
     """``mode``: ``identikit``, ``identity``, or ``auto`` (identikit below 20 identities); ``donors``: see
-    :class:`IdentikitSampler`."""
+    :class:`IdentikitSampler`; ``maps``: see :class:`IdentitySampler` (identikit faces always use landmark maps)."""
     if mode == "auto":
         mode = "identikit" if faces.num_identities < 20 else "identity"
     if mode == "identikit":
+        if maps != "landmarks":
+            log.warning("identikit sampling draws its maps from landmarks: --maps %s applies to identity sampling only", maps)
         return IdentikitSampler(faces, code_dim=code_dim, augment=augment, seed=seed, donors=donors)
     if mode == "identity":
-        return IdentitySampler(faces, code_dim=code_dim, augment=augment, seed=seed)
+        return IdentitySampler(faces, code_dim=code_dim, augment=augment, seed=seed, maps=maps)
     raise ValueError(f"unknown sampling mode {mode!r}; use identikit, identity or auto")
+
+
+def _no_collate(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return batch
+
+
+def _worker_threads(_worker_id: int) -> None:
+    cv2.setNumThreads(1)  # the loader's processes are the parallelism
+
+
+class ShareOfBatches(torch.utils.data.Dataset):
+    """Item ``k``: this process's share (examples ``start .. start + count``) of global batch ``k``.
+
+    A map-style data set indexed by step, so a ``DataLoader`` over ``range(first, last)`` prepares the
+    coming batches in worker processes while the accelerator trains; the batches are the same with
+    any number of workers because each depends on its step alone.
+    """
+
+    def __init__(self, sampler: Sampler, global_batch: int, start: int, count: int) -> None:
+        _share(global_batch, start, count)
+        self.sampler = sampler
+        self.global_batch = global_batch
+        self.start = start
+        self.count = count
+
+    def __getitem__(self, step: int) -> dict[str, np.ndarray]:
+        return self.sampler.batch(step, self.global_batch, start=self.start, count=self.count)
+
+    def loader(self, steps: range, *, workers: int) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(
+            self, sampler=steps, batch_size=None, collate_fn=_no_collate, num_workers=workers,
+            prefetch_factor=4 if workers else None, worker_init_fn=_worker_threads if workers else None,
+        )
 
 
 def _to_unit(images: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -19,11 +19,13 @@ from sdgan_stream.errors import WeightsError
 __all__ = [
     "VGG19Features",
     "contrastive_loss",
-    "feature_matching_loss",
+    "feature_matching_per_sample",
     "identity_loss",
     "lsgan_loss",
     "masked_l1",
-    "perceptual_loss",
+    "masked_l1_per_sample",
+    "perceptual_per_sample",
+    "weighted_mean",
 ]
 
 
@@ -36,27 +38,37 @@ def lsgan_loss(outputs: list[list[Tensor]] | Tensor, real: bool) -> Tensor:
     return torch.stack(losses).mean()
 
 
-def feature_matching_loss(fake: list[list[Tensor]], real: list[list[Tensor]], weight: Tensor | None = None) -> Tensor:
-    """L1 between discriminator features of fake and real (all layers but the score), per-sample ``weight``."""
-    total = fake[0][0].new_zeros(())
-    count = 0
-    for fake_scale, real_scale in zip(fake, real):
-        for f, r in zip(fake_scale[:-1], real_scale[:-1]):
-            per_sample = (f - r.detach()).abs().mean(dim=(1, 2, 3))
-            if weight is None:
-                total = total + per_sample.mean()
-            else:
-                total = total + (per_sample * weight).sum() / weight.sum().clamp_min(1)
-            count += 1
-    return total / max(count, 1)
+def weighted_mean(per_sample: Tensor, weight: Tensor | None = None, denominator: Tensor | float | None = None) -> Tensor:
+    """Mean over samples, or ``sum(per_sample * weight) / denominator`` (default ``sum(weight)``, at least 1).
+
+    A distributed or accumulated step passes the *global* batch's denominator (divided by the number of
+    pieces), so that the pieces' gradients average to the gradient of the whole batch's weighted mean.
+    """
+    if weight is None:
+        return per_sample.mean()
+    if denominator is None:
+        denominator = weight.sum().clamp_min(1)
+    return (per_sample * weight).sum() / denominator
+
+
+def feature_matching_per_sample(fake: list[list[Tensor]], real: list[list[Tensor]]) -> Tensor:
+    """L1 between discriminator features of fake and real (all layers but the score), per sample (B,)."""
+    layers = [
+        (f - r.detach()).abs().mean(dim=(1, 2, 3))
+        for fake_scale, real_scale in zip(fake, real)
+        for f, r in zip(fake_scale[:-1], real_scale[:-1])
+    ]
+    return torch.stack(layers).mean(dim=0)
+
+
+def masked_l1_per_sample(a: Tensor, b: Tensor, mask: Tensor) -> Tensor:
+    """Mean absolute error inside ``mask`` (B, 1, H, W), per sample (B,)."""
+    return ((a - b).abs() * mask).sum(dim=(1, 2, 3)) / (mask.sum(dim=(1, 2, 3)) * a.shape[1]).clamp_min(1)
 
 
 def masked_l1(a: Tensor, b: Tensor, mask: Tensor, weight: Tensor | None = None) -> Tensor:
     """Mean absolute error inside ``mask`` (B, 1, H, W), averaged over samples (optionally weighted)."""
-    per_sample = ((a - b).abs() * mask).sum(dim=(1, 2, 3)) / (mask.sum(dim=(1, 2, 3)) * a.shape[1]).clamp_min(1)
-    if weight is None:
-        return per_sample.mean()
-    return (per_sample * weight).sum() / weight.sum().clamp_min(1)
+    return weighted_mean(masked_l1_per_sample(a, b, mask), weight)
 
 
 def contrastive_loss(a: Tensor, b: Tensor, same: Tensor, margin: float) -> Tensor:
@@ -127,13 +139,11 @@ def _read_state(path: Path) -> dict[str, Tensor]:
     return state
 
 
-def perceptual_loss(vgg: VGG19Features, fake: Tensor, real: Tensor, weight: Tensor | None = None) -> Tensor:
-    """Weighted L1 between VGG19 features (pix2pixHD weights 1/32 ... 1/4 over relu1_1 ... relu4_1)."""
+def perceptual_per_sample(vgg: VGG19Features, fake: Tensor, real: Tensor) -> Tensor:
+    """L1 between VGG19 features (pix2pixHD weights 1/32 ... 1/4 over relu1_1 ... relu4_1), per sample (B,)."""
     layer_weights = (1 / 32, 1 / 16, 1 / 8, 1 / 4)
-    total = fake.new_zeros(())
     with torch.no_grad():
         real_feats = vgg(real)
-    for w, f, r in zip(layer_weights, vgg(fake), real_feats):
-        per_sample = (f - r).abs().mean(dim=(1, 2, 3))
-        total = total + w * ((per_sample * weight).sum() / weight.sum().clamp_min(1) if weight is not None else per_sample.mean())
-    return total
+    layers = [w * (f - r).abs().mean(dim=(1, 2, 3)) for w, f, r in zip(layer_weights, vgg(fake), real_feats)]
+    return torch.stack(layers).sum(dim=0)
+

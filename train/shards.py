@@ -7,8 +7,15 @@ A data set directory holds::
                            labels (N, S, S) uint8 semantic class ids
                            landmarks (N, 68, 2) float32 crop pixels
                            identity (N,) int32 index into manifest["identities"]
+                           parsing (N, S, S) uint8 (optional) hand-labelled map in the same 11 classes
+                                   (CelebAMask-HQ's masks, see train.celebamask); only when
+                                   manifest["parsing"] is true
+                           face_index (N,) int32 (optional, manifest["face_index"]) which face of its
+                                   photo (--all-faces: face k > 0 is a person of its own)
 
 Shards are written with ``numpy.savez_compressed`` and read with ``allow_pickle=False``: no pickles.
+``manifest["identities"]`` may name people none of whose photos gave a face (a parallel preparation
+numbers identities before it sees the photos); :func:`load_faceset` drops them.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import numpy as np
 
 from sdgan_stream.errors import InputError
 
-__all__ = ["FaceSet", "MANIFEST", "ShardWriter", "load_faceset"]
+__all__ = ["FaceSet", "MANIFEST", "ShardWriter", "load_faceset", "read_manifest", "write_manifest", "write_shard"]
 
 MANIFEST = "manifest.json"
 FORMAT = "sdgan-stream-faces"
@@ -39,6 +46,7 @@ class FaceSet:
     identity: np.ndarray
     identities: tuple[str, ...]
     size: int
+    parsing: np.ndarray | None = None  # (N, S, S) uint8 hand-labelled maps, when the data set has them
 
     def __len__(self) -> int:
         return len(self.crops)
@@ -81,30 +89,59 @@ class ShardWriter:
             return
         name = f"shard_{len(self._shards):05d}.npz"
         crops, labels, landmarks, identity = zip(*self._buffer)
-        np.savez_compressed(
-            self.out / name,
-            crops=np.stack(crops).astype(np.uint8),
-            labels=np.stack(labels).astype(np.uint8),
-            landmarks=np.stack(landmarks).astype(np.float32),
-            identity=np.asarray(identity, np.int32),
-        )
+        write_shard(self.out / name, crops=crops, labels=labels, landmarks=landmarks, identity=identity)
         self._shards.append({"file": name, "count": len(self._buffer)})
         self._buffer = []
 
     def close(self, **extra: Any) -> dict[str, Any]:
         """Write the last shard and the manifest; returns the manifest."""
         self._flush()
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "size": self.size,
-            "count": self.count,
-            "identities": self.identities,
-            "shards": self._shards,
-            **extra,
-        }
-        (self.out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        return manifest
+        return write_manifest(self.out, size=self.size, count=self.count, identities=self.identities, shards=self._shards,
+                              **extra)
+
+
+def write_manifest(
+    out: Path, *, size: int, count: int, identities: list[str], shards: list[dict[str, Any]], **extra: Any
+) -> dict[str, Any]:
+    """Write ``out/manifest.json``; returns it."""
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "size": size,
+        "count": count,
+        "identities": identities,
+        "shards": shards,
+        **extra,
+    }
+    (Path(out) / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def write_shard(
+    path: Path,
+    *,
+    crops: Any,
+    labels: Any,
+    landmarks: Any,
+    identity: Any,
+    parsing: Any | None = None,
+    face_index: Any | None = None,
+) -> None:
+    """One shard file (sequences of per-face arrays), written under a temporary name and renamed, so a
+    shard that exists is complete (an interrupted preparation resumes by skipping it)."""
+    arrays = {
+        "crops": np.stack(crops).astype(np.uint8),
+        "labels": np.stack(labels).astype(np.uint8),
+        "landmarks": np.stack(landmarks).astype(np.float32),
+        "identity": np.asarray(identity, np.int32),
+    }
+    if parsing is not None:
+        arrays["parsing"] = np.stack(parsing).astype(np.uint8)
+    if face_index is not None:
+        arrays["face_index"] = np.asarray(face_index, np.int32)
+    partial = path.with_name(path.name + ".partial.npz")
+    np.savez_compressed(partial, **arrays)
+    partial.replace(path)
 
 
 def read_manifest(data_dir: str | Path) -> dict[str, Any]:
@@ -123,18 +160,32 @@ def read_manifest(data_dir: str | Path) -> dict[str, Any]:
 def load_faceset(data_dir: str | Path) -> FaceSet:
     """Load every shard of a prepared data set into memory."""
     manifest = read_manifest(data_dir)
-    parts: dict[str, list[np.ndarray]] = {"crops": [], "labels": [], "landmarks": [], "identity": []}
+    keys = ["crops", "labels", "landmarks", "identity"]
+    keys += [key for key in ("parsing", "face_index") if manifest.get(key)]
+    parts: dict[str, list[np.ndarray]] = {key: [] for key in keys}
     for shard in manifest["shards"]:
         with np.load(Path(data_dir) / shard["file"], allow_pickle=False) as data:
             for key in parts:
                 parts[key].append(data[key])
     if not parts["crops"]:
         raise InputError(f"the data set at {data_dir} holds no faces")
+    # Identities without a face are dropped and the rest renumbered densely (samplers draw identities);
+    # face k > 0 of a photo prepared with --all-faces is a person of its own, "name#k".
+    names = manifest["identities"]
+    key = np.concatenate(parts["identity"]).astype(np.int64)
+    faces_per_photo = 1
+    if "face_index" in parts:
+        index = np.concatenate(parts["face_index"]).astype(np.int64)
+        faces_per_photo = int(index.max()) + 1
+        key = key * faces_per_photo + index
+    present, identity = np.unique(key, return_inverse=True)
+    labels = [names[k // faces_per_photo] + (f"#{k % faces_per_photo}" if k % faces_per_photo else "") for k in present]
     return FaceSet(
         crops=np.concatenate(parts["crops"]),
         labels=np.concatenate(parts["labels"]),
         landmarks=np.concatenate(parts["landmarks"]).astype(np.float64),
-        identity=np.concatenate(parts["identity"]).astype(np.int64),
-        identities=tuple(manifest["identities"]),
+        identity=identity.astype(np.int64),
+        identities=tuple(labels),
         size=int(manifest["size"]),
+        parsing=np.concatenate(parts["parsing"]) if "parsing" in parts else None,
     )

@@ -3,27 +3,39 @@
 A run directory holds::
 
     config.json                  the training configuration (generator config included)
-    log.csv                      one row of losses every ``log_every`` steps
-    loss_curve.png               written with every checkpoint
+    log.csv                      one row of losses every ``log_every`` steps, with images/s per process
+    loss_curve.png               written with every checkpoint (losses and throughput)
+    val.csv, val_curve.png       validation on held-out people (``val_data``, see train.validate)
     samples/step_0000200.png     sample grids (input | map | target | output | two other identities)
-    checkpoints/step_0000500/    generator / discriminator / identity_encoder / optimizers .safetensors
-                                 + state.json (step, optimizer hyper-parameters)
+    checkpoints/step_0000500/    generator / generator_ema / discriminator / identity_encoder / optimizers
+                                 .safetensors + state.json (step, optimizer hyper-parameters)
     checkpoints/latest.json      which checkpoint ``--resume`` continues from
 
-Determinism: parameters are initialised from ``torch.manual_seed(seed)``, batch ``k`` is drawn from
-``numpy.random.default_rng([seed, k])`` and the training step uses no other randomness, so a run
-resumed from a checkpoint reproduces the uninterrupted run exactly (on the same device and threads).
+Scale: ``torchrun`` starts several processes (:mod:`train.distributed`), each network is wrapped in
+DistributedDataParallel, and every process trains on its own share of each global batch of
+``config.batch`` examples (split further into ``accum`` micro-batches); process 0 alone writes the run
+directory. Weighted loss terms are normalised by the *global* batch, so the gradient is the same
+whether a batch runs in one process or many: a run may resume on a different number of processes.
+Precision: float32, bfloat16 autocast, or float16 autocast with a GradScaler (CUDA). An exponential
+moving average of the generator (``ema_decay``) is what samples, validation and export use.
+
+Determinism: parameters are initialised from ``torch.manual_seed(seed)``, example ``i`` of batch ``k`` is
+drawn from ``numpy.random.default_rng([seed, k, i, ...])`` and the training step uses no other
+randomness, so a run resumed from a checkpoint reproduces the uninterrupted run exactly (on the same
+device, threads and number of processes; across numbers of processes up to float summation order).
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import csv
 import dataclasses
 import json
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,27 +57,32 @@ from sdgan_stream.models import (
 )
 from sdgan_stream.semantic import colorize
 
-from .dataset import AugmentConfig, Sampler, batch_to_tensors, make_sampler
+from .dataset import AugmentConfig, Sampler, ShareOfBatches, batch_to_tensors, make_sampler
+from .distributed import DistContext, all_reduce_mean, all_reduce_sum, any_process, wrap
 from .losses import (
     VGG19Features,
     contrastive_loss,
-    feature_matching_loss,
+    feature_matching_per_sample,
     identity_loss,
     lsgan_loss,
     masked_l1,
-    perceptual_loss,
+    masked_l1_per_sample,
+    perceptual_per_sample,
+    weighted_mean,
 )
 from .shards import FaceSet, load_faceset, read_manifest
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "Trainer", "export_run", "plot_losses"]
+__all__ = ["PRECISIONS", "TrainConfig", "Trainer", "export_run", "plot_losses"]
 
 _SAMPLE_STEP = 2**40  # the fixed sample batch: a step index no run reaches
-LOG_FIELDS = (
-    "step", "seconds", "g_total", "g_gan", "g_quality", "g_fm", "g_vgg", "g_l1_face", "g_l1_context", "g_identity",
+LOSS_FIELDS = (
+    "g_total", "g_gan", "g_quality", "g_fm", "g_vgg", "g_l1_face", "g_l1_context", "g_identity",
     "d_patch", "d_quality", "e_contrastive",
 )
+LOG_FIELDS = ("step", "seconds", *LOSS_FIELDS, "images_per_s", "processes")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -98,9 +115,17 @@ class TrainConfig:
     sample_every: int = 200
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
-    amp: bool = False
+    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + GradScaler, CUDA only)
+    ema_decay: float = 0.999  # EMA of the generator for samples, validation and export; 0: none
+    maps: str = "landmarks"  # landmarks | parsing | mixed (see train.dataset.IdentitySampler)
     vgg19_weights: str | None = None
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -111,6 +136,9 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         data = dict(data)
         data.setdefault("donors", "any")  # runs configured before the option existed drew from every photo
+        # Runs configured before these options: "amp" meant float16 on CUDA; no EMA copy was kept.
+        data.setdefault("precision", "fp16" if data.get("amp") else "fp32")
+        data.setdefault("ema_decay", 0.0)
         data["generator"] = GeneratorConfig.from_dict(data.get("generator", {}))
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
@@ -155,7 +183,11 @@ def _restore_optimizer(
 
 
 class Trainer:
-    """Owns the networks, optimizers, sampler and run directory of one training run."""
+    """Owns the networks, optimizers, sampler and run directory of one training run (one process of it).
+
+    ``dist`` says which process of a ``torchrun`` group this is (default: the only one); ``accum`` splits
+    this process's share of each batch into that many micro-batches whose gradients add up.
+    """
 
     def __init__(
         self,
@@ -165,11 +197,21 @@ class Trainer:
         config: TrainConfig,
         device: str | torch.device = "cpu",
         faces: FaceSet | None = None,
+        dist: DistContext | None = None,
+        accum: int = 1,
     ) -> None:
         self.config = config
         self.data_dir = Path(data_dir)
         self.run_dir = Path(run_dir)
         self.device = torch.device(device)
+        self.dist = dist or DistContext()
+        if accum < 1 or config.batch % (self.dist.world * accum):
+            raise InputError(
+                f"a batch of {config.batch} does not split into {self.dist.world} processes x {accum} micro-batches; "
+                "the batch must be a multiple of their product"
+            )
+        self.accum = accum
+        self.local_batch = config.batch // self.dist.world
         self.faces = faces if faces is not None else load_faceset(self.data_dir)
         self.manifest = read_manifest(self.data_dir) if faces is None else {"count": len(self.faces)}
         gcfg = config.generator
@@ -179,7 +221,7 @@ class Trainer:
             )
         self.sampler: Sampler = make_sampler(
             self.faces, mode=config.mode, code_dim=gcfg.identity_dim, seed=config.seed, augment=AugmentConfig(),
-            donors=config.donors,
+            donors=config.donors, maps=config.maps,
         )
         torch.manual_seed(config.seed)
         self.generator: SDGANGenerator = build_generator(gcfg).to(self.device)
@@ -187,19 +229,39 @@ class Trainer:
             DiscriminatorConfig(label_nc=gcfg.label_nc, ndf=config.ndf, num_scales=config.num_scales)
         ).to(self.device)
         self.encoder = IdentityEncoder(width=config.encoder_width, embed_dim=config.encoder_dim).to(self.device)
+        self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False) if config.ema_decay > 0 else None
+        # What trains: the DDP wrappers in a distributed run (their forward synchronises gradients).
+        self._g, self._d, self._e = (wrap(m, self.dist, self.device) for m in (self.generator, self.discriminator, self.encoder))
         betas = (config.beta1, config.beta2)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=config.lr_g, betas=betas)
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=config.lr_d, betas=betas)
         self.opt_e = torch.optim.Adam(self.encoder.parameters(), lr=config.lr_e, betas=betas)
         self.vgg = VGG19Features(config.vgg19_weights).to(self.device) if config.vgg19_weights else None
-        self.use_amp = bool(config.amp and self.device.type == "cuda")
-        if config.amp and not self.use_amp:
-            log.warning("--amp needs a CUDA device; training in float32 on %s", self.device)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.precision]
+        if self.autocast_dtype is torch.float16 and self.device.type != "cuda":
+            log.warning("float16 training needs a CUDA device; training in float32 on %s (bf16 works on CPU)", self.device)
+            self.autocast_dtype = None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype is torch.float16)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest convolutions
         self.step = 0
         self.init_source: str | None = None  # the checkpoint a fine-tuning run started from (init_from)
+        self.validator: Any = None  # a train.validate.Validator, on the main process (set by the caller)
+        self.val_every = 0
+        self.stopped_early = False  # max_hours ran out before the last step
         self._start_seconds = 0.0
         self._fixed: dict[str, Tensor] | None = None
+
+    @property
+    def export_generator(self) -> SDGANGenerator:
+        """The generator that samples, validation and export use: the EMA copy when there is one."""
+        return self.generator_ema if self.generator_ema is not None else self.generator
+
+    def _networks(self) -> list[tuple[str, torch.nn.Module]]:
+        networks = [("generator", self.generator), ("discriminator", self.discriminator), ("identity_encoder", self.encoder)]
+        if self.generator_ema is not None:
+            networks.append(("generator_ema", self.generator_ema))
+        return networks
 
     # ----------------------------------------------------------------- run directory
 
@@ -214,11 +276,13 @@ class Trainer:
         (self.run_dir / "config.json").write_text(json.dumps(document, indent=2) + "\n")
 
     def save_checkpoint(self) -> Path:
+        """Write a checkpoint (networks as plain modules, not their DDP wrappers: any number of processes
+        can resume it). Call it on the main process only."""
         from safetensors.torch import save_file
 
         path = self.checkpoint_root / f"step_{self.step:07d}"
         path.mkdir(parents=True, exist_ok=True)
-        for name, module in (("generator", self.generator), ("discriminator", self.discriminator), ("identity_encoder", self.encoder)):
+        for name, module in self._networks():
             save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(path / f"{name}.safetensors"))
         tensors: dict[str, Tensor] = {}
         info: dict[str, Any] = {}
@@ -231,9 +295,10 @@ class Trainer:
             "step": self.step,
             "seconds": self.elapsed(),
             "optimizers": info,
-            "scaler": self.scaler.state_dict() if self.use_amp else None,
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "config": self.config.to_dict(),
             "init_from": self.init_source,
+            "processes": self.dist.world,
         }
         (path / "state.json").write_text(json.dumps(state, indent=1) + "\n")
         (self.checkpoint_root / "latest.json").write_text(json.dumps({"step": self.step, "dir": path.name}) + "\n")
@@ -245,6 +310,10 @@ class Trainer:
         dirs = sorted(p for p in self.checkpoint_root.glob("step_*") if p.is_dir())
         for old in dirs[: -self.config.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
+
+    def _reset_ema(self) -> None:
+        if self.generator_ema is not None:
+            self.generator_ema.load_state_dict(self.generator.state_dict())
 
     def init_from(self, path: str | Path) -> None:
         """Start this run from another run's networks (fine-tuning): weights only, at step 0, with fresh
@@ -265,11 +334,13 @@ class Trainer:
                 module.load_state_dict(load_file(str(path / f"{name}.safetensors"), device=str(self.device)))
         except _CHECKPOINT_ERRORS as exc:
             raise WeightsError(f"cannot start from {path}: {exc}") from exc
+        self._reset_ema()
         self.init_source = str(path)
         log.info("networks initialised from %s", path)
 
     def load_checkpoint(self, path: str | Path | None = None) -> int:
-        """Restore networks, optimizers and the step counter (``None``: the latest checkpoint of the run)."""
+        """Restore networks, optimizers and the step counter (``None``: the latest checkpoint of the run).
+        Every process loads the same files, so the replicas start equal."""
         from safetensors.torch import load_file
 
         if path is None:
@@ -279,7 +350,10 @@ class Trainer:
             path = self.checkpoint_root / json.loads(latest.read_text())["dir"]
         path = Path(path)
         try:
-            for name, module in (("generator", self.generator), ("discriminator", self.discriminator), ("identity_encoder", self.encoder)):
+            for name, module in self._networks():
+                if name == "generator_ema" and not (path / f"{name}.safetensors").exists():
+                    self._reset_ema()  # a checkpoint written without an EMA copy: start it here
+                    continue
                 module.load_state_dict(load_file(str(path / f"{name}.safetensors"), device=str(self.device)))
             tensors = load_file(str(path / "optimizers.safetensors"), device=str(self.device))
             state = json.loads((path / "state.json").read_text())
@@ -287,12 +361,13 @@ class Trainer:
             raise WeightsError(f"cannot resume from {path}: {exc}") from exc
         for prefix, opt in (("g", self.opt_g), ("d", self.opt_d), ("e", self.opt_e)):
             _restore_optimizer(opt, prefix, tensors, state["optimizers"][prefix])
-        if self.use_amp and state.get("scaler"):
+        if self.scaler.is_enabled() and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         self.init_source = state.get("init_from")
         self._start_seconds = float(state.get("seconds", 0.0))
-        log.info("resumed %s at step %d", path, self.step)
+        log.info("resumed %s at step %d (written by %s process(es), continued by %d)", path, self.step,
+                 state.get("processes", 1), self.dist.world)
         return self.step
 
     # ----------------------------------------------------------------- training
@@ -300,115 +375,199 @@ class Trainer:
     def elapsed(self) -> float:
         return self._start_seconds + (time.monotonic() - self._t0 if hasattr(self, "_t0") else 0.0)
 
-    def train_step(self, batch: dict[str, Tensor]) -> dict[str, float]:
-        """One update of D, E and G on one batch; returns the loss values."""
-        c = self.config
-        amp = torch.autocast("cuda", enabled=self.use_amp)
-        G, D, E = self.generator, self.discriminator, self.encoder
-        G.train()
-        with amp:
-            fake = G(batch["masked"], batch["semantic"], batch["code"])
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-        # Discriminator: real = target images (identikit composites or real photos), fake = generated.
-        D.requires_grad_(True)
-        with amp:
-            real_patch, real_quality = D(batch["target"], batch["semantic"])
-            fake_patch, fake_quality = D(fake.detach(), batch["semantic"])
-            d_patch = 0.5 * (lsgan_loss(real_patch, True) + lsgan_loss(fake_patch, False))
-            d_quality = 0.5 * (lsgan_loss(real_quality, True) + lsgan_loss(fake_quality, False))
-            d_loss = d_patch + c.lambda_quality * d_quality
+    def _accumulating(self, wrapped: torch.nn.Module, index: int) -> contextlib.AbstractContextManager[Any]:
+        """DDP's ``no_sync`` for every micro-batch but the last: gradients are exchanged once per step."""
+        if index < self.accum - 1 and hasattr(wrapped, "no_sync"):
+            return wrapped.no_sync()
+        return contextlib.nullcontext()
+
+    def train_step(self, batch: dict[str, Tensor]) -> dict[str, float]:
+        """One update of D, E and G on this process's share of a global batch; returns the losses of the
+        whole global batch (every process's share, averaged)."""
+        c = self.config
+        G, D, E = self._g, self._d, self._e
+        micro = [{k: v[i :: self.accum] for k, v in batch.items()} for i in range(self.accum)]
+        pieces = self.accum * self.dist.world
+        # Paired-only terms are means over the paired examples of the *global* batch: each piece divides by
+        # the global count / pieces, so the pieces' gradients average to the whole batch's.
+        paired_total = float(all_reduce_sum(batch["paired"].sum().reshape(1), self.dist))
+        paired_norm = max(paired_total, 1.0) / pieces
+        sums: dict[str, Tensor] = {}
+
+        def record(**values: Tensor) -> None:
+            for key, value in values.items():
+                sums[key] = sums.get(key, 0) + value.detach().float() / self.accum
+
+        self.generator.train()
+        fakes: list[Tensor | None] = []
+        real_features: list[list[list[Tensor]]] = []
+
+        # Discriminator: real = target images (identikit composites or real photos), fake = generated;
+        # one forward over both (instance norms only, so this equals two separate calls).
+        self.discriminator.requires_grad_(True)
         self.opt_d.zero_grad(set_to_none=True)
-        self.scaler.scale(d_loss).backward()
+        for k, mb in enumerate(micro):
+            with self._accumulating(D, k):
+                with self._autocast():
+                    if self.accum == 1:  # keep the graph: the generator's update reuses this output
+                        fake = G(mb["masked"], mb["semantic"], mb["code"])
+                    else:  # regenerated in the generator's phase (memory stays one micro-batch deep)
+                        with torch.no_grad():
+                            fake = self.generator(mb["masked"], mb["semantic"], mb["code"])
+                    n = fake.shape[0]
+                    patch, quality = D(torch.cat([mb["target"], fake.detach()]), torch.cat([mb["semantic"], mb["semantic"]]))
+                    d_patch = 0.5 * (lsgan_loss([[s[-1][:n]] for s in patch], True) + lsgan_loss([[s[-1][n:]] for s in patch], False))
+                    d_quality = 0.5 * (lsgan_loss(quality[:n], True) + lsgan_loss(quality[n:], False))
+                    d_loss = d_patch + c.lambda_quality * d_quality
+                self.scaler.scale(d_loss / self.accum).backward()
+            fakes.append(fake if self.accum == 1 else None)
+            real_features.append([[f[:n].detach() for f in scale] for scale in patch])
+            record(d_patch=d_patch, d_quality=d_quality)
         self.scaler.step(self.opt_d)
 
         # Siamese identity encoder on real images: target~positive share the target identity when paired;
         # source~positive share it only when the target identity is the source's own.
-        E.requires_grad_(True)
-        with amp:
-            e_target = E(batch["target"], batch["face"])
-            e_positive = E(batch["positive"], batch["positive_face"])
-            e_source = E(batch["source"], batch["face"])
-            e_loss = contrastive_loss(e_target, e_positive, batch["paired"], c.identity_margin) + contrastive_loss(
-                e_source, e_positive, batch["same_source"], c.identity_margin
-            )
+        self.encoder.requires_grad_(True)
         self.opt_e.zero_grad(set_to_none=True)
-        self.scaler.scale(e_loss).backward()
+        anchors: list[tuple[Tensor, Tensor]] = []
+        for k, mb in enumerate(micro):
+            with self._accumulating(E, k):
+                with self._autocast():
+                    e_target, e_positive, e_source = E(
+                        torch.cat([mb["target"], mb["positive"], mb["source"]]),
+                        torch.cat([mb["face"], mb["positive_face"], mb["face"]]),
+                    ).chunk(3)
+                    e_loss = contrastive_loss(e_target, e_positive, mb["paired"], c.identity_margin) + contrastive_loss(
+                        e_source, e_positive, mb["same_source"], c.identity_margin
+                    )
+                self.scaler.scale(e_loss / self.accum).backward()
+            anchors.append((e_positive.detach(), e_source.detach()))
+            record(e_contrastive=e_loss)
         self.scaler.step(self.opt_e)
 
-        # Generator.
-        D.requires_grad_(False)
-        E.requires_grad_(False)
-        with amp:
-            g_patch, g_quality_out = D(fake, batch["semantic"])
-            g_gan = lsgan_loss(g_patch, True)
-            g_quality = lsgan_loss(g_quality_out, True)
-            paired = batch["paired"]
-            g_fm = feature_matching_loss(g_patch, real_patch, paired) if paired.sum() > 0 else fake.new_zeros(())
-            g_vgg = (
-                perceptual_loss(self.vgg, fake, batch["target"], paired) if self.vgg is not None and paired.sum() > 0 else fake.new_zeros(())
-            )
-            g_l1_face = masked_l1(fake, batch["target"], batch["region"], paired) if paired.sum() > 0 else fake.new_zeros(())
-            g_l1_context = masked_l1(fake, batch["target"], 1 - batch["region"])
-            e_fake = E(fake, batch["face"])
-            # Toward the target identity (its other picture), away from the source unless they are one person.
-            g_identity = identity_loss(
-                e_fake, e_positive.detach(), e_source.detach(), 1 - batch["same_source"], c.identity_margin
-            )
-            g_loss = (
-                c.lambda_gan * g_gan
-                + c.lambda_quality * g_quality
-                + c.lambda_fm * g_fm
-                + c.lambda_vgg * g_vgg
-                + c.lambda_l1 * g_l1_face
-                + c.lambda_context * g_l1_context
-                + c.lambda_identity * g_identity
-            )
+        # Generator, judged by the just-updated D and E (their plain modules: no gradient exchange for them).
+        self.discriminator.requires_grad_(False)
+        self.encoder.requires_grad_(False)
         self.opt_g.zero_grad(set_to_none=True)
-        self.scaler.scale(g_loss).backward()
+        has_paired = paired_total > 0
+        for k, mb in enumerate(micro):
+            with self._accumulating(G, k):
+                with self._autocast():
+                    fake = fakes[k] if fakes[k] is not None else G(mb["masked"], mb["semantic"], mb["code"])
+                    zero = fake.new_zeros((), dtype=torch.float32)
+                    paired = mb["paired"]
+                    g_patch, g_quality_out = self.discriminator(fake, mb["semantic"])
+                    g_gan = lsgan_loss(g_patch, True)
+                    g_quality = lsgan_loss(g_quality_out, True)
+                    g_fm = weighted_mean(feature_matching_per_sample(g_patch, real_features[k]), paired, paired_norm) if has_paired else zero
+                    g_vgg = (
+                        weighted_mean(perceptual_per_sample(self.vgg, fake, mb["target"]), paired, paired_norm)
+                        if self.vgg is not None and has_paired else zero
+                    )
+                    g_l1_face = (
+                        weighted_mean(masked_l1_per_sample(fake, mb["target"], mb["region"]), paired, paired_norm)
+                        if has_paired else zero
+                    )
+                    g_l1_context = masked_l1(fake, mb["target"], 1 - mb["region"])
+                    # Toward the target identity (its other picture), away from the source unless they are one person.
+                    e_positive, e_source = anchors[k]
+                    g_identity = identity_loss(
+                        self.encoder(fake, mb["face"]), e_positive, e_source, 1 - mb["same_source"], c.identity_margin
+                    )
+                    g_loss = (
+                        c.lambda_gan * g_gan
+                        + c.lambda_quality * g_quality
+                        + c.lambda_fm * g_fm
+                        + c.lambda_vgg * g_vgg
+                        + c.lambda_l1 * g_l1_face
+                        + c.lambda_context * g_l1_context
+                        + c.lambda_identity * g_identity
+                    )
+                self.scaler.scale(g_loss / self.accum).backward()
+            record(g_total=g_loss, g_gan=g_gan, g_quality=g_quality, g_fm=g_fm, g_vgg=g_vgg, g_l1_face=g_l1_face,
+                   g_l1_context=g_l1_context, g_identity=g_identity)
         self.scaler.step(self.opt_g)
         self.scaler.update()
-        values = {
-            "g_total": g_loss, "g_gan": g_gan, "g_quality": g_quality, "g_fm": g_fm, "g_vgg": g_vgg,
-            "g_l1_face": g_l1_face, "g_l1_context": g_l1_context, "g_identity": g_identity,
-            "d_patch": d_patch, "d_quality": d_quality, "e_contrastive": e_loss,
-        }
-        return {k: float(v.detach()) for k, v in values.items()}
+        self._update_ema()
+        values = all_reduce_mean(torch.stack([sums[k] for k in LOSS_FIELDS]), self.dist)
+        return dict(zip(LOSS_FIELDS, values.tolist()))
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        if self.generator_ema is None:
+            return
+        # Warm-up (as in timm's ModelEmaV2 / StyleGAN's ramp): short runs are not dominated by the initialisation.
+        decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
+        for ema, live in zip(self.generator_ema.parameters(), self.generator.parameters()):
+            ema.lerp_(live.detach(), 1 - decay)
+        for ema, live in zip(self.generator_ema.buffers(), self.generator.buffers()):
+            ema.copy_(live)
+
+    def _share(self) -> ShareOfBatches:
+        return ShareOfBatches(self.sampler, self.config.batch, self.dist.rank * self.local_batch, self.local_batch)
 
     def batch(self, step: int) -> dict[str, Tensor]:
-        return batch_to_tensors(self.sampler.batch(step, self.config.batch), self.device)
+        """This process's share of global batch ``step``, as tensors on the device."""
+        return batch_to_tensors(self._share()[step], self.device)
+
+    def _batches(self, steps: range, workers: int) -> Iterator[dict[str, Tensor]]:
+        loader = self._share().loader(steps, workers=workers)
+        for numpy_batch in loader:
+            yield batch_to_tensors(numpy_batch, self.device)
 
     def train(
         self,
         *,
         steps: int | None = None,
         on_step: Callable[[int, dict[str, float]], None] | None = None,
+        max_hours: float | None = None,
+        workers: int = 0,
     ) -> dict[str, float]:
-        """Train until ``steps`` (default: the configured total); returns the last losses."""
+        """Train until ``steps`` (default: the configured total), or until ``max_hours`` of wall time in this
+        call have passed (then a checkpoint is written and ``stopped_early`` set); returns the last losses.
+        ``workers``: data loader processes that prepare the coming batches (0: in this process)."""
         c = self.config
         total = c.steps if steps is None else steps
-        self._write_config()
+        main = self.dist.is_main
+        if main:
+            self._write_config()
         self._t0 = time.monotonic()
         last: dict[str, float] = {}
-        log_path = self.run_dir / "log.csv"
-        new_log = not log_path.exists()
-        with log_path.open("a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=LOG_FIELDS)
-            if new_log:
-                writer.writeheader()
-            while self.step < total:
-                losses = self.train_step(self.batch(self.step))
+        with contextlib.ExitStack() as stack:
+            writer = stack.enter_context(_LogWriter(self.run_dir / "log.csv")) if main else None
+            window = (time.monotonic(), self.step)
+            for batch in self._batches(range(self.step, total), workers):
+                losses = self.train_step(batch)
                 self.step += 1
                 last = losses
-                if self.step % c.log_every == 0 or self.step == total:
-                    writer.writerow({"step": self.step, "seconds": round(self.elapsed(), 2), **{k: round(v, 5) for k, v in losses.items()}})
-                    handle.flush()
+                if writer is not None and (self.step % c.log_every == 0 or self.step == total):
+                    now = time.monotonic()
+                    rate = self.local_batch * (self.step - window[1]) / max(now - window[0], 1e-9)
+                    window = (now, self.step)
+                    writer.row({"step": self.step, "seconds": round(self.elapsed(), 2), **{k: round(v, 5) for k, v in losses.items()},
+                                "images_per_s": round(rate, 3), "processes": self.dist.world})
                 if on_step is not None:
                     on_step(self.step, losses)
-                if c.sample_every and (self.step % c.sample_every == 0 or self.step == total):
+                if main and c.sample_every and (self.step % c.sample_every == 0 or self.step == total):
                     self.write_samples()
-                if c.checkpoint_every and (self.step % c.checkpoint_every == 0 or self.step == total):
+                if main and self.validator is not None and self.val_every and (self.step % self.val_every == 0 or self.step == total):
+                    self.validator.run(self.export_generator, self.device, self.step, self.run_dir)
+                out_of_time = max_hours is not None and any_process(
+                    time.monotonic() - self._t0 > max_hours * 3600, self.dist, self.device
+                )
+                if main and (out_of_time or c.checkpoint_every and (self.step % c.checkpoint_every == 0 or self.step == total)):
                     self.save_checkpoint()
-                    plot_losses(log_path, self.run_dir / "loss_curve.png")
+                    plot_losses(self.run_dir / "log.csv", self.run_dir / "loss_curve.png")
+                if out_of_time and self.step < total:
+                    self.stopped_early = True
+                    log.warning("--max-hours %.3g reached at step %d of %d: checkpoint written, --resume continues",
+                                max_hours, self.step, total)
+                    break
         return last
 
     # ----------------------------------------------------------------- samples and export
@@ -419,7 +578,7 @@ class Trainer:
         if self._fixed is None:
             self._fixed = batch_to_tensors(self.sampler.batch(_SAMPLE_STEP, count), self.device)
         b = self._fixed
-        G = self.generator
+        G = self.export_generator
         was_training = G.training
         G.eval()
         dim = self.config.generator.identity_dim
@@ -446,7 +605,7 @@ class Trainer:
         return path
 
     def export(self, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
-        """Write the inference bundle that ``anonymize --weights PATH`` loads."""
+        """Write the inference bundle that ``anonymize --weights PATH`` loads (the EMA generator when kept)."""
         meta = {
             "steps": self.step,
             "train_seconds": round(self.elapsed(), 1),
@@ -455,15 +614,47 @@ class Trainer:
             "data_identities": self.faces.num_identities,
             "sampling": self.config.mode,
             "donors": self.config.donors,
+            "maps": self.config.maps,
             "init_from": self.init_source,
             "seed": self.config.seed,
+            "ema_decay": self.config.ema_decay,
+            "batch": self.config.batch,
+            "precision": self.config.precision,
             **(metadata or {}),
         }
-        return save_generator_bundle(path, self.generator, self.config.generator, meta)
+        return save_generator_bundle(path, self.export_generator, self.config.generator, meta)
+
+
+class _LogWriter:
+    """Appends rows to ``log.csv``; an existing log keeps its own columns (runs from before new columns)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> _LogWriter:
+        fields: tuple[str, ...] = LOG_FIELDS
+        if self.path.exists():
+            with self.path.open(newline="") as handle:
+                header = next(csv.reader(handle), None)
+            fields = tuple(header) if header else LOG_FIELDS
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        self._handle = self.path.open("a", newline="")
+        self._writer = csv.DictWriter(self._handle, fieldnames=fields, extrasaction="ignore")
+        if new:
+            self._writer.writeheader()
+        return self
+
+    def row(self, values: dict[str, Any]) -> None:
+        self._writer.writerow(values)
+        self._handle.flush()
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.close()
 
 
 def export_run(run_dir: str | Path, out: str | Path, metadata: dict[str, Any] | None = None) -> Path:
-    """Export the latest checkpoint of a run as an inference bundle (no data set needed)."""
+    """Export the latest checkpoint of a run as an inference bundle (no data set needed); its EMA
+    generator when the run kept one."""
     from safetensors.torch import load_file
 
     run_dir = Path(run_dir)
@@ -474,13 +665,15 @@ def export_run(run_dir: str | Path, out: str | Path, metadata: dict[str, Any] | 
     state = json.loads((ckpt / "state.json").read_text())
     config = TrainConfig.from_dict(state["config"])
     generator = build_generator(config.generator)
-    generator.load_state_dict(load_file(str(ckpt / "generator.safetensors")))
-    meta = {"steps": state["step"], "train_seconds": round(float(state.get("seconds", 0)), 1), **(metadata or {})}
+    weights = ckpt / "generator_ema.safetensors"
+    generator.load_state_dict(load_file(str(weights if weights.is_file() else ckpt / "generator.safetensors")))
+    meta = {"steps": state["step"], "train_seconds": round(float(state.get("seconds", 0)), 1),
+            "ema_decay": config.ema_decay if weights.is_file() else 0.0, **(metadata or {})}
     return save_generator_bundle(out, generator, config.generator, meta)
 
 
 def plot_losses(csv_path: str | Path, png_path: str | Path) -> None:
-    """Loss curves (generator terms, discriminator, encoder) from ``log.csv``."""
+    """Loss curves (generator terms, discriminator, encoder) and throughput from ``log.csv``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -491,15 +684,17 @@ def plot_losses(csv_path: str | Path, png_path: str | Path) -> None:
     if not rows:
         return
     steps = np.array([float(r["step"]) for r in rows])
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    groups = (
+    groups = [
         ("generator", ("g_l1_face", "g_l1_context", "g_fm", "g_gan", "g_quality", "g_identity", "g_vgg")),
         ("discriminator", ("d_patch", "d_quality")),
         ("identity encoder", ("e_contrastive",)),
-    )
+    ]
+    if rows[0].get("images_per_s"):  # logs from before throughput was logged have no such column
+        groups.append(("throughput (images/s per process)", ("images_per_s",)))
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4))
     for ax, (title, keys) in zip(axes, groups):
         for key in keys:
-            values = np.array([float(r[key]) for r in rows])
+            values = np.array([float(r[key] or 0) for r in rows])
             if not np.any(values):
                 continue
             window = max(1, len(values) // 50)

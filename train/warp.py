@@ -19,9 +19,12 @@ __all__ = [
     "MIRROR_68",
     "DeformConfig",
     "anchor_points",
+    "face_warp_maps",
     "mirror_face",
+    "mirror_labels",
     "piecewise_affine_maps",
     "random_deformation",
+    "remap",
     "warp_image",
 ]
 
@@ -103,6 +106,17 @@ def piecewise_affine_maps(src_points: np.ndarray, dst_points: np.ndarray, size: 
     return mx.reshape(size, size).astype(np.float32), my.reshape(size, size).astype(np.float32)
 
 
+def face_warp_maps(src_landmarks: np.ndarray, dst_landmarks: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``cv2.remap`` maps of :func:`warp_image` (to warp several arrays of one crop alike)."""
+    src = np.concatenate([src_landmarks, _head_ring(src_landmarks), anchor_points(size)])
+    dst = np.concatenate([dst_landmarks, _head_ring(dst_landmarks), anchor_points(size)])
+    return piecewise_affine_maps(src, dst, size)
+
+
+def remap(image: np.ndarray, maps: tuple[np.ndarray, np.ndarray], interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+    return cv2.remap(image, maps[0], maps[1], interpolation, borderMode=cv2.BORDER_REFLECT101)
+
+
 def warp_image(
     image: np.ndarray,
     src_landmarks: np.ndarray,
@@ -114,11 +128,17 @@ def warp_image(
 
     The surroundings follow through a ring of head points and the crop border stays pinned.
     """
-    size = image.shape[0]
-    src = np.concatenate([src_landmarks, _head_ring(src_landmarks), anchor_points(size)])
-    dst = np.concatenate([dst_landmarks, _head_ring(dst_landmarks), anchor_points(size)])
-    map_x, map_y = piecewise_affine_maps(src, dst, size)
-    return cv2.remap(image, map_x, map_y, interpolation, borderMode=cv2.BORDER_REFLECT101)
+    return remap(image, face_warp_maps(src_landmarks, dst_landmarks, image.shape[0]), interpolation)
+
+
+def mirror_labels(labels: np.ndarray) -> np.ndarray:
+    """A class map flipped horizontally, left/right classes swapped (``l_eye`` stays the image-left eye)."""
+    from sdgan_stream.semantic import CLASS_NAMES, class_id
+
+    lut = np.arange(len(CLASS_NAMES), dtype=np.uint8)
+    for part in ("eye", "brow"):
+        lut[class_id(f"l_{part}")], lut[class_id(f"r_{part}")] = class_id(f"r_{part}"), class_id(f"l_{part}")
+    return np.ascontiguousarray(lut[labels[:, ::-1]])
 
 
 @dataclass(frozen=True)
