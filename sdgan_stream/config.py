@@ -47,7 +47,9 @@ class AnonymizeOptions:
     low_threshold: float = 0.15  # weaker detections only keep existing tracks alive
     detect_size: tuple[int, int] | None = (960, 960)  # detector input budget (aspect kept); None = full size
     cover_margin: float = 0.25  # covers extend this fraction of the face size beyond the box
-    fallback: str = "solid"  # cover for faces the generator cannot serve
+    # issue 13: the least conspicuous safe cover (a strong blur fading out past the face) for faces the
+    # generator cannot serve; `solid` (a black oval) on request.
+    fallback: str = "blur"  # cover for faces the generator cannot serve
     track: bool = True
     lookback_seconds: float = 0.5  # files only: covers a face in frames before its first detection
     max_age_seconds: float = 0.5  # a lost track stays covered at its predicted box this long

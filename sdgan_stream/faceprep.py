@@ -21,9 +21,9 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from .align import DEFAULT_MARGIN, alignment_matrix, apply_matrix, warp_to_crop
-from .landmarks import LandmarkFit, landmarks5_from_68
-from .semantic import class_id, rasterize_semantic_map
+from .align import DEFAULT_MARGIN, alignment_matrix, apply_matrix, matrix_rotation_deg, matrix_scale, warp_to_crop
+from .landmarks import LandmarkFit, estimate_yaw_deg, landmarks5_from_68
+from .semantic import FOREHEAD_EXTENT, class_id, face_region, rasterize_semantic_map
 from .types import Face
 
 log = logging.getLogger(__name__)
@@ -33,13 +33,19 @@ __all__ = [
     "Landmarker",
     "PreparedFace",
     "REGION_DILATION",
+    "box_ellipse_mask",
     "masked_input",
     "prepare_face_from_landmarks",
     "prepare_faces",
     "region_mask_from_labels",
+    "turned_head_region",
 ]
 
 REGION_DILATION = 0.12  # eye distances the face region is grown by, so no original face edge survives
+# A turned head's fit is less sure at the far side and the forehead: the replaced region grows with
+# |sin(yaw)|, the forehead by up to this many brow-to-nose distances, the margin up to twice as wide.
+TURNED_FOREHEAD = 0.8
+_EDGE_KEEP_OUT = 0.05  # share of the crop side along its edges that the safety additions leave alone
 
 
 class Landmarker(Protocol):
@@ -86,22 +92,78 @@ def region_mask_from_labels(labels: np.ndarray, landmarks68_crop: np.ndarray) ->
     return cv2.dilate(face.astype(np.uint8), kernel).astype(np.float32)
 
 
+def turned_head_region(crop_points: np.ndarray, size: int, *, yaw_deg: float | None = None) -> np.ndarray:
+    """(size, size) uint8 safety region for a face that may be turned: the face region with the forehead
+    raised by ``TURNED_FOREHEAD * |sin(yaw)|``, dilated by ``REGION_DILATION * (1 + |sin(yaw)|)`` face
+    scales. The face scale is the larger of the eye distance and the eye-to-mouth distance, which
+    (unlike the eye distance) does not shrink as the head turns. ``yaw_deg`` defaults to the points' own
+    estimate. Near-frontal: about the map's region."""
+    p = np.asarray(crop_points, np.float64)
+    left_eye, right_eye = p[36:42].mean(0), p[42:48].mean(0)
+    if yaw_deg is None:
+        yaw_deg = estimate_yaw_deg(left_eye, right_eye, p[30])
+    turn = abs(np.sin(np.radians(yaw_deg)))
+    hull = face_region(p, size, forehead=FOREHEAD_EXTENT + TURNED_FOREHEAD * turn).astype(np.uint8)
+    scale = max(float(np.hypot(*(right_eye - left_eye))), float(np.hypot(*(p[48:68].mean(0) - (left_eye + right_eye) / 2))))
+    radius = max(1, int(round(REGION_DILATION * scale * (1.0 + turn))))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    return cv2.dilate(hull, kernel)
+
+
+def _largest_yaw(points68: np.ndarray, face: Face) -> float:
+    """The larger yaw estimate of the 68-point fit and the detector's 5 points (when the face has them):
+    each underestimates some turns, and a wider margin is the safe side."""
+    estimates = [estimate_yaw_deg(points68[36:42].mean(0), points68[42:48].mean(0), points68[30])]
+    if face.landmarks is not None and np.all(np.isfinite(face.landmarks)):
+        five = np.asarray(face.landmarks, np.float64).reshape(-1, 2)
+        if five.shape == (5, 2):
+            estimates.append(estimate_yaw_deg(five[0], five[1], five[2]))
+    return max(estimates, key=abs)
+
+
+def box_ellipse_mask(box: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
+    """(size, size) uint8 mask of the ellipse inscribed in the detector's ``box`` (image coordinates),
+    drawn in the crop that ``matrix`` (image -> crop, a similarity) cuts."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    mask = np.zeros((size, size), np.uint8)
+    if not np.all(np.isfinite([x1, y1, x2, y2])) or x2 <= x1 or y2 <= y1:
+        return mask
+    centre = apply_matrix(np.array([[(x1 + x2) / 2, (y1 + y2) / 2]]), matrix)[0]
+    scale, angle = matrix_scale(matrix), matrix_rotation_deg(matrix)
+    shift = 4  # sub-pixel drawing
+    axes = (int(round((x2 - x1) / 2 * scale * (1 << shift))), int(round((y2 - y1) / 2 * scale * (1 << shift))))
+    cv2.ellipse(mask, tuple(int(round(c * (1 << shift))) for c in centre), axes, angle, 0, 360, 1, -1, cv2.LINE_8, shift)
+    return mask
+
+
 def prepare_face_from_landmarks(
     image: np.ndarray, face: Face, landmarks68: np.ndarray, *, size: int = 128, margin: float = DEFAULT_MARGIN,
     with_crop: bool = True,
 ) -> PreparedFace:
-    """Crop, map and region of one face whose 68 image landmarks are known."""
+    """Crop, map and region of one face whose 68 image landmarks are known.
+
+    The region is the map's face (dilated) joined with :func:`turned_head_region` and the ellipse
+    inscribed in the detector's box: where the landmarks and the detector disagree (a turned head's
+    far cheek or forehead), both are replaced.
+    """
     points = np.asarray(landmarks68, np.float64)
     matrix = alignment_matrix(landmarks5_from_68(points), size, margin=margin)
     crop = warp_to_crop(image, matrix, size) if with_crop else None
     crop_points = apply_matrix(points, matrix)
     labels = rasterize_semantic_map(crop_points, size)
+    # The safety additions stop short of the crop's edge (room for the paste's outward ramp): a tracker's
+    # predicted box is widened for uncertainty and may reach past the crop; the map itself may not.
+    safety = np.maximum(turned_head_region(crop_points, size, yaw_deg=_largest_yaw(points, face)),
+                        box_ellipse_mask(face.box, matrix, size))
+    keep_out = max(1, int(round(_EDGE_KEEP_OUT * size)))
+    safety[:keep_out], safety[-keep_out:], safety[:, :keep_out], safety[:, -keep_out:] = 0, 0, 0, 0
+    region = np.maximum(region_mask_from_labels(labels, crop_points), safety)
     return PreparedFace(
         face=face,
         matrix=matrix,
         crop=crop,
         labels=labels,
-        region_mask=region_mask_from_labels(labels, crop_points),
+        region_mask=region,
         landmarks68_crop=crop_points.astype(np.float32),
         landmarks68=points.astype(np.float32),
     )

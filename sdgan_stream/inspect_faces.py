@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from .blend import paste_back
-from .covers import apply_cover
+from .covers import CoverMethod, apply_cover
 from .errors import InputError, OutputError
 from .faceprep import FaceFallback, Landmarker, PreparedFace, prepare_faces
 from .semantic import classes_present, colorize
@@ -112,10 +112,12 @@ def inspect_image(
     landmarker: Landmarker,
     generator: FaceGenerator | None = None,
     size: int = 128,
+    fallback: CoverMethod = "blur",
 ) -> list[dict]:
     """Detect, prepare and (optionally) generate every face of one image; write the pictures and faces.json.
 
-    Returns the per-face records written to ``faces.json``.
+    Faces the generator cannot serve get the ``fallback`` cover in ``anonymized.png``. Returns the
+    per-face records written to ``faces.json``.
     """
     image = read_image(image_path)
     out = Path(out_dir)
@@ -146,7 +148,7 @@ def inspect_image(
         if isinstance(result, FaceFallback):
             record["fallback"] = result.reason
             if anonymized is not None:
-                apply_cover(anonymized, face.box, method="solid")
+                apply_cover(anonymized, face.box, method=fallback)
             records.append(record)
             continue
         face_dir = out / f"face_{index:02d}"

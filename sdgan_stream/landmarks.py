@@ -44,7 +44,9 @@ __all__ = [
     "LandmarkFit",
     "MIN_FACE_PX",
     "box_to_landmarks5",
+    "MAX_YAW_DEG",
     "dlib_model_path",
+    "estimate_yaw_deg",
     "landmarks5_from_68",
     "yaw_ratio",
 ]
@@ -67,8 +69,14 @@ _FIT_MARGIN = DEFAULT_MARGIN
 # photos: 5-point disagreement 0.05-0.12, yaw ratio 0.45-0.55).
 _MAX_5PT_DISAGREEMENT = 0.35  # mean distance between the fit's 5 points and the detector's
 _IPD_RATIO = (0.6, 1.6)  # fit's eye distance / detector's: outside it, one of them is not on this face
-_PROFILE_YAW = 0.25  # nose-tip position across the jaw outside [0.25, 0.75]: head turned too far
-_PROFILE_5PT = 0.85  # detector's nose tip beyond 85% of the half eye distance from the eye midpoint
+# Turned heads are served up to MAX_YAW_DEG, estimated from how far the nose tip sits beside the eye
+# midpoint (both by the detector's 5 points and by the 68-point fit; see estimate_yaw_deg). Beyond it,
+# a profile: the far half of the face is hidden, the fit and the generator's frontal training fail.
+# The estimate is rough (+-10 degrees): the sample photos' heads turned ~30-45 degrees estimate 15-46,
+# skimage's cameraman (a near profile, the far eye hidden) 55 by the detector's points.
+MAX_YAW_DEG = 50.0
+_NOSE_DEPTH = 0.78  # nose tip in front of the eye centres, in half eye distances (~25 mm / 32 mm)
+_PROFILE_YAW = 0.05  # nose tip within 5% of a jaw end (or beyond it): the fit is not a face we can serve
 
 
 def dlib_model_path(name: str = "shape_predictor_68_face_landmarks.dat") -> Path:
@@ -107,6 +115,22 @@ def _face_frame(points68: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     right = axis / max(ipd, 1e-9)
     down = np.array([-right[1], right[0]])
     return (left_eye + right_eye) / 2, right, down, ipd
+
+
+def estimate_yaw_deg(left_eye: np.ndarray, right_eye: np.ndarray, nose_tip: np.ndarray) -> float:
+    """Head yaw in degrees from three points, positive when the nose points towards image-right.
+
+    Turning by yaw moves the nose tip (which stands ``_NOSE_DEPTH`` half eye distances in front of the
+    eyes) sideways by ``sin(yaw)`` and shrinks the eye distance by ``cos(yaw)``, so the nose's offset
+    from the eye midpoint along the eye axis, in half eye distances, is ``_NOSE_DEPTH * tan(yaw)``.
+    Returns +-90 for coincident eyes.
+    """
+    axis = np.asarray(right_eye, np.float64) - np.asarray(left_eye, np.float64)
+    half = float(np.hypot(*axis)) / 2
+    offset = float((np.asarray(nose_tip, np.float64) - (np.asarray(left_eye) + np.asarray(right_eye)) / 2) @ axis)
+    if half < 1e-6:
+        return 90.0 if offset >= 0 else -90.0
+    return float(np.degrees(np.arctan2(offset / (2 * half) / half, _NOSE_DEPTH)))
 
 
 def yaw_ratio(points68: np.ndarray) -> float:
@@ -224,18 +248,12 @@ def _fraction_inside(matrix: np.ndarray, image_shape: tuple[int, ...]) -> float:
 
 
 def _profile_from_5(points5: np.ndarray) -> bool:
-    """Detector points of a strongly turned head: the nose tip lies beside, not between, the eyes."""
-    left_eye, right_eye, nose = points5[0], points5[1], points5[2]
-    axis = right_eye - left_eye
-    half = float(np.hypot(*axis)) / 2
-    if half < 1e-6:
-        return True
-    offset = float((nose - (left_eye + right_eye) / 2) @ (axis / (2 * half)))
-    return abs(offset) > _PROFILE_5PT * half
+    """Detector points of a head turned past :data:`MAX_YAW_DEG`."""
+    return abs(estimate_yaw_deg(points5[0], points5[1], points5[2])) > MAX_YAW_DEG
 
 
 def _check_fit(points: np.ndarray, detector_points: np.ndarray | None) -> str | None:
-    """Reject fits that are not a plausible near-frontal face; returns a fallback reason or None."""
+    """Reject fits that are not a plausible face turned at most MAX_YAW_DEG; returns a fallback reason or None."""
     origin, right, down, ipd = _face_frame(points)
     if ipd < 1e-3:
         return "landmarks_failed"
@@ -249,7 +267,8 @@ def _check_fit(points: np.ndarray, detector_points: np.ndarray | None) -> str | 
     if not (brow_y < -0.05 < 0.25 < nose_y < mouth_y < chin_y) or not 1.3 < jaw_width < 3.5 or chin_y > 3.5:
         return "landmarks_failed"
     ratio = yaw_ratio(points)
-    if not _PROFILE_YAW <= ratio <= 1 - _PROFILE_YAW:
+    yaw = estimate_yaw_deg(points[36:42].mean(0), points[42:48].mean(0), points[30])
+    if abs(yaw) > MAX_YAW_DEG or not _PROFILE_YAW <= ratio <= 1 - _PROFILE_YAW:
         return "profile"
     if detector_points is not None:
         # The detector's points are rough on small faces (CenterFace put the eyes of a 31 px face 30%

@@ -18,7 +18,8 @@ import av
 import cv2
 import numpy as np
 
-__all__ = ["FacePhoto", "SyntheticClip", "allow_list_photos", "face_photos", "make_face_clip", "render_scene"]
+__all__ = ["FacePhoto", "HeadTurn", "SyntheticClip", "allow_list_photos", "face_photos", "make_face_clip", "render_scene",
+           "turn_head"]
 
 
 @dataclass(frozen=True)
@@ -239,3 +240,50 @@ def _write_tone(container: av.container.OutputContainer, stream: av.AudioStream,
             container.mux(packet)
     for packet in stream.encode(None):
         container.mux(packet)
+
+
+# -- turned heads (issue 13): a yaw-like warp of a frontal photo -----------------------------------------
+@dataclass(frozen=True)
+class HeadTurn:
+    """A frontal face photo turned about a vertical axis as if painted on a cylinder.
+
+    Columns within ``radius`` of ``centre_x`` are the cylinder: a point at angle phi (``x = centre_x +
+    radius * sin(phi)``) moves to phi + yaw; what turns past the silhouette is hidden, and the side
+    turning into view repeats the cylinder's edge. Nothing else changes. Not a 3D turn (the nose does
+    not stand out of the face), but the face's outline, features and proportions go the way a turned
+    head's do, with a known ground truth: :meth:`points` maps frontal points into the turned image.
+    """
+
+    image: np.ndarray  # (H, W, 3) uint8, the turned photo
+    yaw_deg: float  # positive: the face turns towards image-right
+    centre_x: float
+    radius: float
+
+    def points(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Frontal (N, 2) points -> (turned points (N, 2), visible (N,) bool)."""
+        p = np.asarray(points, np.float64).reshape(-1, 2).copy()
+        u = np.clip((p[:, 0] - self.centre_x) / self.radius, -1.0, 1.0)
+        on_cylinder = np.abs(p[:, 0] - self.centre_x) < self.radius
+        phi = np.arcsin(u) + np.radians(self.yaw_deg)
+        visible = ~on_cylinder | (np.abs(phi) <= np.pi / 2)
+        p[on_cylinder, 0] = self.centre_x + self.radius * np.sin(np.clip(phi[on_cylinder], -np.pi / 2, np.pi / 2))
+        return p, visible
+
+
+def turn_head(image: np.ndarray, face_box: np.ndarray, yaw_deg: float, *, radius_factor: float = 0.65) -> HeadTurn:
+    """Turn the face in ``face_box`` of a frontal photo by ``yaw_deg`` (see :class:`HeadTurn`); the
+    cylinder's radius is ``radius_factor`` x the box width, about the head's half-width."""
+    x1, _, x2, _ = (float(v) for v in face_box)
+    centre, radius = (x1 + x2) / 2, radius_factor * (x2 - x1)
+    height, width = image.shape[:2]
+    xs = np.arange(width, dtype=np.float64)
+    u = (xs - centre) / radius
+    source = xs.copy()
+    inside = np.abs(u) < 1.0
+    phi = np.arcsin(np.clip(u[inside], -1.0, 1.0)) - np.radians(yaw_deg)
+    source[inside] = centre + radius * np.sin(np.clip(phi, -np.pi / 2, np.pi / 2))
+    map_x = np.broadcast_to(source.astype(np.float32)[None, :], (height, width))
+    map_y = np.broadcast_to(np.arange(height, dtype=np.float32)[:, None], (height, width))
+    turned = cv2.remap(image, np.ascontiguousarray(map_x), np.ascontiguousarray(map_y), cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_REPLICATE)
+    return HeadTurn(turned, float(yaw_deg), centre, radius)

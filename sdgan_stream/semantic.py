@@ -110,7 +110,9 @@ def face_outline(landmarks68: np.ndarray, *, forehead: float = FOREHEAD_EXTENT) 
 
     The arc runs from the image-right jaw end (point 16) over the top to the image-left end (point 0);
     its apex lies ``forehead`` x (brow-to-nose-tip distance) above the highest brow point, measured
-    along the face's up axis, so it follows head roll.
+    along the face's up axis, so it follows head roll. Across the face the apex sits above the top of
+    the nose bridge (point 27), not halfway between the jaw ends: on a turned head the forehead's
+    middle turns with the nose, and the far side of the arc stays as high as the near side.
     """
     p = np.asarray(landmarks68, np.float64)
     right, down, _ = _frame(p)
@@ -121,19 +123,21 @@ def face_outline(landmarks68: np.ndarray, *, forehead: float = FOREHEAD_EXTENT) 
     u0, v0 = float(p[0] @ right), float(p[0] @ down)
     u16, v16 = float(p[16] @ right), float(p[16] @ down)
     theta = np.linspace(0.0, np.pi, 25)[1:-1]  # 16 -> top -> 0, endpoints are the jaw points themselves
-    centre_u, half_u = (u0 + u16) / 2, (u16 - u0) / 2
+    apex_u = float(np.clip(p[27] @ right, min(u0, u16), max(u0, u16)))
     base_v = v16 + (v0 - v16) * theta / np.pi
     height = np.maximum(base_v - apex_v, 0.0)
-    arc_u = centre_u + half_u * np.cos(theta)
+    # two quarter ellipses meeting at the apex: 16 -> apex, then apex -> 0
+    arc_u = apex_u + np.where(theta < np.pi / 2, u16 - apex_u, apex_u - u0) * np.cos(theta)
     arc_v = base_v - height * np.sin(theta)
     arc = np.outer(arc_u, right) + np.outer(arc_v, down)
     return np.concatenate([p[0:17], arc])
 
 
 def face_region(landmarks68: np.ndarray, size: int, *, forehead: float = FOREHEAD_EXTENT) -> np.ndarray:
-    """Boolean (size, size) mask of the face region: convex hull of the outline and the brows."""
+    """Boolean (size, size) mask of the face region: convex hull of the outline and all 68 points (on a
+    turned head the nose tip or a brow end can stand outside the jaw line; frontal, they lie inside)."""
     p = np.asarray(landmarks68, np.float64)
-    hull = cv2.convexHull(np.concatenate([face_outline(p, forehead=forehead), p[17:27]]).astype(np.float32))
+    hull = cv2.convexHull(np.concatenate([face_outline(p, forehead=forehead), p]).astype(np.float32))
     mask = np.zeros((size, size), np.uint8)
     _fill(mask, hull.reshape(-1, 2), 1)
     return mask.astype(bool)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import cv2
@@ -18,7 +19,16 @@ from sdgan_stream.align import (
     warp_to_crop,
     warp_to_image,
 )
-from sdgan_stream.blend import feather_alpha, match_color, paste_back
+from sdgan_stream.blend import (
+    SKIN_RAMP,
+    blend_crop,
+    boundary_score,
+    face_alpha,
+    feather_alpha,
+    match_color,
+    paste_back,
+    shading_basis,
+)
 from sdgan_stream.faceprep import FaceFallback, PreparedFace, masked_input, prepare_face_from_landmarks, prepare_faces
 from sdgan_stream.semantic import ALWAYS_VISIBLE, class_id, mean_face_landmarks
 from sdgan_stream.types import Face
@@ -187,11 +197,115 @@ def test_colour_matching_removes_a_cast(astronaut, landmarker):
     before = np.abs(cast[skin].astype(int) - prepared.crop[skin]).mean()
     after = np.abs(matched[skin].astype(int) - prepared.crop[skin]).mean()
     assert after < before / 3
-    image = astronaut.copy()
-    paste_back(image, cast, prepared)  # lab matching is the default
     box = np.int32(ASTRONAUT[0])
-    region = (slice(box[1] + 20, box[3] - 20), slice(box[0] + 20, box[2] - 20))
-    assert np.abs(image[region].astype(int) - astronaut[region]).mean() < 6
+    inner = (slice(box[1] + 20, box[3] - 20), slice(box[0] + 20, box[2] - 20))
+    errors = {}
+    for method in ("none", "lab", "seamless"):
+        image = astronaut.copy()
+        paste_back(image, cast, prepared, method=method)
+        errors[method] = np.abs(image[inner].astype(int) - astronaut[inner]).mean()
+    assert errors["lab"] < errors["none"] / 2 and errors["seamless"] < errors["none"] / 2
+
+
+def _with_skin_light(crop: np.ndarray, gain_left: float, gain_right: float, offset: float) -> np.ndarray:
+    """The crop under another light: a horizontal gain ramp and an offset (a darker / paler person)."""
+    ramp = np.linspace(gain_left, gain_right, crop.shape[1], dtype=np.float32)[None, :, None]
+    return np.clip(crop.astype(np.float32) * ramp + offset, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize(("gains", "offset"), [((0.45, 0.45), 0.0), ((1.0, 1.0), 60.0), ((0.4, 1.2), 0.0)],
+                         ids=["dark", "pale", "side_light"])
+def test_seamless_skin_follows_the_frame(astronaut, landmarker, gains, offset):
+    """A generated face lit or toned unlike the frame comes out in the frame's skin colour and light."""
+    prepared = _prepare(astronaut, landmarker)
+    generated = _with_skin_light(prepared.crop, *gains, offset)
+    skin = prepared.labels == class_id("skin")
+    lab = lambda im: cv2.cvtColor(im.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)  # noqa: E731
+    reference = lab(prepared.crop)
+    for method, limit in (("none", None), ("seamless", 3.0)):
+        out = blend_crop(generated, prepared, method=method)
+        delta = lab(out) - reference
+        if limit is None:
+            assert np.linalg.norm(delta[skin].mean(0)) > 8.0  # the test's light is far from the frame's
+        else:
+            assert np.linalg.norm(delta[skin].mean(0)) < limit
+            half = skin.shape[1] // 2  # and both halves of the face, so a side light is undone too
+            assert abs(delta[:, :half][skin[:, :half]][:, 0].mean() - delta[:, half:][skin[:, half:]][:, 0].mean()) < limit
+
+
+def _stepped(prepared: PreparedFace, shift: float) -> np.ndarray:
+    """A 'generated' crop as the renderer composes it: inside the region the original mirrored (another
+    face's detail) and shifted in brightness, outside the original; pasted as it is, a colour step runs
+    all along the region's edge."""
+    face = np.clip(prepared.crop[:, ::-1].astype(np.int16) + int(shift), 0, 255).astype(np.uint8)
+    return np.where(prepared.region_mask[..., None] > 0.5, face, prepared.crop)
+
+
+def test_boundary_score_is_one_for_an_untouched_frame_and_high_for_a_seam(astronaut, landmarker):
+    prepared = _prepare(astronaut, landmarker)
+    assert boundary_score(astronaut, astronaut, prepared) == pytest.approx(1.0)
+    round_trip = astronaut.copy()
+    paste_back(round_trip, prepared.crop.copy(), prepared, method="none")
+    assert 0.8 < boundary_score(round_trip, astronaut, prepared) < 1.05  # resampling only
+    seamed = astronaut.copy()
+    paste_back(seamed, _stepped(prepared, 40), prepared, method="none")
+    assert boundary_score(seamed, astronaut, prepared) > 1.4
+
+
+@pytest.mark.parametrize("shift", [-50, 50])
+def test_seamless_paste_leaves_no_seam(astronaut, landmarker, shift):
+    """A face darker or brighter than the frame is pasted with a boundary score at the level of an
+    untouched frame; pasted as it is, it is a visible seam."""
+    prepared = _prepare(astronaut, landmarker)
+    generated = _stepped(prepared, shift)
+    scores = {}
+    for method in ("none", "seamless"):
+        image = astronaut.copy()
+        paste_back(image, generated, prepared, method=method)
+        scores[method] = boundary_score(image, astronaut, prepared)
+    assert scores["none"] > 1.4
+    assert 0.5 < scores["seamless"] < 1.2
+
+
+def test_seamless_blend_reads_no_pixel_of_the_original_face(astronaut, landmarker):
+    """Inside the region, cloning depends on the original only outside it; the skin colour step
+    carries 18 numbers of it (a quadratic field per Lab channel), nothing finer."""
+    prepared = _prepare(astronaut, landmarker)
+    region = prepared.region_mask > 0.5
+    rng = np.random.default_rng(1)
+    other = prepared.crop.copy()
+    other[region] = rng.integers(0, 256, (int(region.sum()), 3), dtype=np.uint8)  # another "face"
+    swapped = dataclasses.replace(prepared, crop=other)
+    generated = prepared.crop[:, ::-1].copy()
+    assert np.array_equal(blend_crop(generated, prepared, method="poisson"), blend_crop(generated, swapped, method="poisson"))
+    a = cv2.cvtColor(blend_crop(generated, prepared).astype(np.float32) / 255, cv2.COLOR_RGB2Lab)
+    b = cv2.cvtColor(blend_crop(generated, swapped).astype(np.float32) / 255, cv2.COLOR_RGB2Lab)
+    weight = face_alpha(prepared.labels, SKIN_RAMP * prepared.size) * region
+    core = weight > 0.999  # where the shift applies in full, the difference is the shift itself
+    basis = shading_basis(prepared.size)[core.ravel()]
+    difference = (a - b)[core]
+    residual = difference - basis @ np.linalg.lstsq(basis, difference, rcond=None)[0]
+    assert np.abs(difference).mean() > 1.0  # the two "faces" differ in skin colour...
+    assert np.abs(residual).mean() < 0.3  # ...and that is all that differs (8-bit rounding left)
+
+
+@pytest.mark.parametrize("scale", [0.85, 1.12])
+def test_seamless_paste_of_a_smaller_or_larger_face(astronaut, landmarker, scale):
+    """The map scaled about the face (the region the union of both, as the renderer's reshape does)."""
+    from sdgan_stream.faceprep import region_mask_from_labels
+    from sdgan_stream.semantic import rasterize_semantic_map
+
+    prepared = _prepare(astronaut, landmarker)
+    points = prepared.landmarks68_crop.astype(np.float64)
+    centre = points[27:36].mean(0)
+    points = centre + (points - centre) * scale
+    labels = rasterize_semantic_map(points, prepared.size)
+    region = np.maximum(prepared.region_mask, region_mask_from_labels(labels, points))
+    reshaped = dataclasses.replace(prepared, labels=labels, region_mask=region)
+    generated = _stepped(reshaped, 30)
+    image = astronaut.copy()
+    paste_back(image, generated, reshaped)
+    assert boundary_score(image, astronaut, reshaped) < 1.2
 
 
 def test_feather_alpha_ramps_outward():
@@ -290,3 +404,55 @@ def test_face_that_does_not_fit_the_crop_is_covered():
     ok, bad = (prepare_faces(image, [face], landmarker=lambda img, faces: [lm])[0] for lm in (landmarks, stretched))
     assert isinstance(ok, PreparedFace)
     assert isinstance(bad, FaceFallback) and bad.reason == "landmarks_failed"
+
+
+# ---------------------------------------------------------------- turned heads
+
+
+def _photo(name: str) -> np.ndarray:
+    if name == "astronaut":
+        return pytest.importorskip("skimage.data").astronaut()
+    cbook = pytest.importorskip("matplotlib.cbook")
+    return cv2.cvtColor(cv2.imread(str(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))), cv2.COLOR_BGR2RGB)
+
+
+@pytest.fixture(scope="module")
+def centerface():
+    return pytest.importorskip("sdgan_stream.detect").CenterFaceDetector(threshold=0.5, detect_size=None)
+
+
+@pytest.mark.parametrize("name", ["astronaut", "grace_hopper"])
+@pytest.mark.parametrize("yaw", [-45, -30, -15, 15, 30, 45])
+def test_turned_face_is_never_left_partly_visible(name, yaw, landmarker, centerface):
+    """A frontal photo turned by a yaw-like warp: the face (its frontal outline, jaw and forehead, carried
+    through the same warp) lies wholly inside the replaced region, or inside the cover if it falls back;
+    up to 45 degrees it is served with a generated face."""
+    from sdgan_stream.covers import cover_mask, cover_region
+    from sdgan_stream.samples import turn_head
+    from sdgan_stream.semantic import face_outline
+
+    photo = _photo(name)
+    found = centerface.detect(photo)
+    frontal = Face(box=found.boxes[0], score=0.9, landmarks=found.landmarks[0])
+    (fit,) = landmarker.fit(photo, [frontal])
+    turned = turn_head(photo, frontal.box, yaw)
+    outline, _ = turned.points(face_outline(fit.points))  # hidden points land on the silhouette
+    truth = np.zeros(photo.shape[:2], np.uint8)
+    cv2.fillPoly(truth, [np.round(outline).astype(np.int32)], 1)
+
+    found = centerface.detect(turned.image)
+    best = int(np.argmax(found.scores))
+    face = Face(box=found.boxes[best], score=float(found.scores[best]), landmarks=found.landmarks[best])
+    (prepared,) = prepare_faces(turned.image, [face], landmarker=landmarker)
+    assert isinstance(prepared, PreparedFace), prepared
+    warped = warp_to_image(prepared.region_mask, prepared.matrix, photo.shape)
+    assert warped is not None
+    patch, (x1, y1, x2, y2) = warped
+    replaced = np.zeros(photo.shape[:2], bool)
+    replaced[y1:y2, x1:x2] = patch > 0.5  # paste_back's alpha is 1 there
+    assert not (truth.astype(bool) & ~replaced).any()
+    # and had it fallen back, the cover would hide the same face
+    region = cover_region(face.box, margin=0.25, image_shape=photo.shape)
+    covered = np.zeros(photo.shape[:2], bool)
+    covered[region[1]:region[3], region[0]:region[2]] = cover_mask(face.box, region, margin=0.25)
+    assert not (truth.astype(bool) & ~covered).any()

@@ -386,20 +386,28 @@ def test_paste_crops_matches_the_opencv_paste(scene) -> None:
     assert diff.max() < 2.0 and diff.mean() < 0.1
 
 
-def test_match_color_matches_blend() -> None:
+def test_seamless_blend_matches_blend() -> None:
+    """The device twin of blend.blend_crop (cloning + skin colour shift) on real maps and regions."""
     from sdgan_stream import blend
-    from sdgan_stream.backends.gpu_warp import match_color
+    from sdgan_stream.backends.gpu_warp import seamless_blend, seamless_plan
+    from sdgan_stream.faceprep import prepare_faces
+    from sdgan_stream.landmarks import LandmarkDetector
+    from sdgan_stream.samples import face_photos
+    from sdgan_stream.types import Face
 
-    rng = np.random.default_rng(3)
-    generated = cv2.GaussianBlur(rng.integers(40, 200, (32, 32, 3)).astype(np.uint8), (0, 0), 1.0)
-    reference = np.clip(generated.astype(np.int16) * 0.8 + np.array([40, 10, -20]), 0, 255).astype(np.uint8)
-    mask = np.zeros((32, 32), bool)
-    mask[6:26, 8:24] = True
-    expected = blend.match_color(generated, reference, mask).astype(np.float32)
-    as_tensor = lambda im: torch.from_numpy(im).permute(2, 0, 1)[None].float() / 255.0  # noqa: E731
-    ours = match_color(as_tensor(generated), as_tensor(reference), torch.from_numpy(mask)[None, None])
-    ours = ours[0].permute(1, 2, 0).numpy() * 255.0
-    assert np.abs(ours - expected).mean() < 1.0 and np.abs(ours - expected).max() < 4.0
+    faces = []
+    for photo in face_photos():
+        (prepared,) = prepare_faces(photo.image, [Face(box=photo.face_box, score=0.9)], landmarker=LandmarkDetector(), size=64)
+        faces.append(prepared)
+    rng = np.random.default_rng(4)
+    generated = [np.clip(p.crop[:, ::-1].astype(np.int16) + rng.integers(-40, 40, 3), 0, 255).astype(np.uint8) for p in faces]
+    composite = [np.where(p.region_mask[..., None] > 0.5, g, p.crop) for p, g in zip(faces, generated)]
+    as_tensor = lambda images: torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()  # noqa: E731
+    ours = seamless_blend(as_tensor(composite), as_tensor([p.crop for p in faces]), seamless_plan(faces))
+    for got, p, g in zip(ours.permute(0, 2, 3, 1).numpy(), faces, composite):
+        expected = blend.blend_crop(g, p).astype(np.float32)
+        # float32 torch Lab and cloning against cv2's Lab and float64 cloning, then 8-bit rounding
+        assert np.abs(got - expected).mean() < 0.5 and np.abs(got - expected).max() < 4.0
 
 
 class _PaletteGenerator:
@@ -457,4 +465,5 @@ def test_device_frame_renderer_matches_the_cpu_render_path() -> None:
     diff = np.abs(got.astype(int) - expected.astype(int))[changed]
     # Same geometry and blend; the filters differ (antialiasing, bicubic, float vs 8-bit Lab) at sharp edges.
     assert diff.mean() < 2.5 and np.percentile(diff, 99) < 25
-    assert np.array_equal(got[~changed], image[~changed]) or np.abs(got[~changed].astype(int) - image[~changed]).max() <= 2
+    # where the host's 8-bit crop rounds back to the frame exactly, the device's float cloning may be a level or two off
+    assert np.array_equal(got[~changed], image[~changed]) or np.abs(got[~changed].astype(int) - image[~changed]).max() <= 3

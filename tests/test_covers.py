@@ -46,3 +46,44 @@ def test_zero_area_box_still_gets_a_visible_cover() -> None:
 def test_unknown_method_is_an_error() -> None:
     with pytest.raises(ValueError, match="unknown cover method"):
         apply_cover(_noise(), np.array([1, 1, 9, 9], np.float32), method="swirl")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("method", ["blur", "pixelate"])
+def test_blur_and_pixelate_fade_out_beyond_the_cover(method: str) -> None:
+    """Every pixel of the cover ellipse is replaced; past it the cover fades into the frame instead of
+    ending in a hard oval edge, and far from it nothing changes."""
+    from sdgan_stream.covers import COVER_FEATHER
+
+    image = _noise(200, 200)
+    original = image.copy()
+    box = np.array([70, 60, 130, 140], np.float32)
+    apply_cover(image, box, method=method, margin=0.25)
+    region = cover_region(box, margin=0.25, image_shape=image.shape)
+    inside = cover_mask(box, region, margin=0.25)
+    patch, before = image[region[1]:region[3], region[0]:region[2]], original[region[1]:region[3], region[0]:region[2]]
+    assert (patch != before).any(axis=2)[inside].mean() > 0.97
+    # a ring just outside the ellipse: partly blended (neither untouched nor fully replaced)
+    grown = cover_region(box, margin=0.25, image_shape=image.shape, grow=COVER_FEATHER * 80)
+    changed = (image != original).any(axis=2)
+    ring = np.zeros(image.shape[:2], bool)
+    ring[grown[1]:grown[3], grown[0]:grown[2]] = True
+    ring[region[1]:region[3], region[0]:region[2]][inside] = False
+    assert 0.3 < changed[ring].mean()
+    assert not changed[: max(grown[1] - 1, 0)].any() and not changed[:, grown[2] + 1 :].any()
+
+
+def test_solid_stays_a_hard_oval() -> None:
+    image = np.full((100, 100, 3), 200, np.uint8)
+    box = np.array([30, 30, 70, 70], np.float32)
+    apply_cover(image, box, method="solid", margin=0.0)
+    region = cover_region(box, margin=0.0, image_shape=image.shape)
+    inside = cover_mask(box, region, margin=0.0)
+    patch = image[region[1]:region[3], region[0]:region[2]]
+    assert (patch[inside] == 0).all() and (patch[~inside] == 200).all()
+    assert (image[:region[1]] == 200).all()
+
+
+def test_the_default_fallback_is_the_blur_cover() -> None:
+    from sdgan_stream.config import AnonymizeOptions
+
+    assert AnonymizeOptions().fallback == "blur"

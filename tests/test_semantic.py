@@ -140,6 +140,35 @@ def test_face_region_reaches_over_the_forehead():
     assert not region[int(lm[8, 1]) + 4, int(lm[8, 0])]
 
 
+def _turned(points: np.ndarray, yaw_deg: float) -> np.ndarray:
+    """Mean-face points turned about a vertical axis (a cylinder through the jaw ends), nose standing out."""
+    p = points.copy()
+    centre = (p[0, 0] + p[16, 0]) / 2
+    radius = (p[16, 0] - p[0, 0]) / 2
+    u = np.clip((p[:, 0] - centre) / radius, -1, 1)
+    depth = np.sqrt(1 - u**2) * radius
+    depth[27:36] += np.linspace(0.1, 0.45, 9) * radius  # the nose in front of the face
+    t = np.radians(yaw_deg)
+    p[:, 0] = centre + (p[:, 0] - centre) * np.cos(t) + depth * np.sin(t)
+    return p
+
+
+@pytest.mark.parametrize("yaw", [-50.0, 50.0])
+def test_face_region_of_a_turned_head_holds_every_point_and_a_level_forehead(yaw):
+    size = 256
+    frontal = mean_face_landmarks(size)
+    turned = _turned(frontal, yaw)
+    region = face_region(turned, size)
+    xy = np.round(turned).astype(int)
+    assert region[xy[:, 1], xy[:, 0]].all()  # the nose tip beyond the far cheek included
+    # the forehead's apex turns with the nose bridge: the far side is as high as the near side
+    cols = region.any(axis=0).nonzero()[0]
+    left, right = cols.min(), cols.max()
+    quarter = (right - left) // 4
+    tops = [np.nonzero(region[:, c])[0].min() for c in (left + quarter, right - quarter)]
+    assert abs(tops[0] - tops[1]) < 0.12 * (right - left)
+
+
 def test_one_hot_colorize_and_classes_present():
     labels = np.array([[0, 1], [8, 10]], np.uint8)
     encoded = one_hot(labels)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,12 +32,16 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DeviceFrameRenderer",
+    "SeamlessPlan",
     "crop_bounds",
     "feather_alpha",
     "lab_to_rgb",
-    "match_color",
     "paste_crops",
+    "poisson_clone",
     "rgb_to_lab",
+    "seamless_blend",
+    "seamless_plan",
+    "skin_shading_shift",
     "warp_crops",
 ]
 
@@ -242,37 +247,123 @@ def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
     return torch.where(linear > 0.0031308, 1.055 * linear.clamp(min=1e-12) ** (1.0 / 2.4) - 0.055, 12.92 * linear)
 
 
-def match_color(
-    generated: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor, *, spread_limits: tuple[float, float] = (0.5, 2.0),
-    min_pixels: int = 32,
-) -> torch.Tensor:
-    """Per face, move ``generated``'s Lab mean and spread over ``mask`` to ``reference``'s (as blend.match_color,
-    in float Lab rather than OpenCV's 8-bit Lab: within about a grey level of it on face colours).
+# -- seamless blend (the torch twin of sdgan_stream.blend.blend_crop, method "seamless") ---------------------
+@dataclass(frozen=True)
+class SeamlessPlan:
+    """Host-made arrays of :func:`seamless_blend` for a batch of faces (from their maps and regions,
+    which live on the host): made once per frame, uploaded once."""
 
-    ``generated``/``reference``: (B, 3, S, S) RGB in 0..1; ``mask``: (B, 1, S, S) or (B, S, S) bool/0..1.
-    Faces with fewer than ``min_pixels`` mask pixels are returned unchanged. Returns RGB clamped to 0..1.
-    """
-    weight = (mask > 0.5).to(generated.dtype)
-    if weight.dim() == 3:
-        weight = weight[:, None]
-    count = weight.sum(dim=(2, 3), keepdim=True)
-    gen_lab, ref_lab = rgb_to_lab(generated), rgb_to_lab(reference)
+    region: np.ndarray  # (B, S, S) bool: the replaced region
+    core: np.ndarray  # (B, S, S) bool: the region less blend.CLONE_BAND (guided by the generated face)
+    skin: np.ndarray  # (B, S, S) bool: the map's skin class
+    skin_weight: np.ndarray  # (B, S, S) float32: where the skin colour shift applies (blend.face_alpha x region)
+    rects: list[tuple[int, int, int, int] | None]  # cloning domain per face (blend.clone_rect)
 
-    def stats(lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = (lab * weight).sum(dim=(2, 3), keepdim=True) / count.clamp(min=1)
-        var = (((lab - mean) ** 2) * weight).sum(dim=(2, 3), keepdim=True) / count.clamp(min=1)
-        return mean, var.sqrt()
 
-    g_mean, g_std = stats(gen_lab)
-    r_mean, r_std = stats(ref_lab)
-    gain = (r_std / g_std.clamp(min=1e-3)).clamp(*spread_limits)
-    shifted = (gen_lab - g_mean) * gain + r_mean
-    # Clip to the Lab box OpenCV's 8-bit Lab can hold (blend.match_color round-trips through it), then RGB.
-    low = torch.tensor([0.0, -128.0, -128.0], dtype=shifted.dtype, device=shifted.device)[:, None, None]
-    high = torch.tensor([100.0, 127.0, 127.0], dtype=shifted.dtype, device=shifted.device)[:, None, None]
-    out = lab_to_rgb(torch.maximum(torch.minimum(shifted, high), low)).clamp(0.0, 1.0)
-    enough = (count >= min_pixels).to(out.dtype)
-    return out * enough + generated * (1 - enough)
+def seamless_plan(faces: Sequence[PreparedFace]) -> SeamlessPlan:
+    import cv2
+
+    from ..blend import CLONE_BAND, SKIN_RAMP, clone_rect, face_alpha
+    from ..semantic import class_id
+
+    regions = np.stack([f.region_mask > 0.5 for f in faces])
+    size = regions.shape[-1]
+    band = max(1, int(round(CLONE_BAND * size)))
+    kernel = np.ones((3, 3), np.uint8)
+    return SeamlessPlan(
+        region=regions,
+        core=np.stack([cv2.erode(r.astype(np.uint8), kernel, iterations=band) > 0 for r in regions]),
+        skin=np.stack([f.labels == class_id("skin") for f in faces]),
+        skin_weight=np.stack([face_alpha(f.labels, SKIN_RAMP * size) * r for f, r in zip(faces, regions)]),
+        rects=[clone_rect(r) for r in regions],
+    )
+
+
+_DST_CACHE: dict[tuple[int, str, torch.dtype], torch.Tensor] = {}
+
+
+def _dst(n: int, like: torch.Tensor) -> torch.Tensor:
+    key = (n, str(like.device), like.dtype)
+    matrix = _DST_CACHE.get(key)
+    if matrix is None:
+        from ..blend import dst_matrix
+
+        matrix = torch.as_tensor(dst_matrix(n), dtype=like.dtype, device=like.device)
+        if len(_DST_CACHE) > 64:
+            _DST_CACHE.clear()
+        _DST_CACHE[key] = matrix
+    return matrix
+
+
+def poisson_clone(source: torch.Tensor, target: torch.Tensor, region: torch.Tensor, core: torch.Tensor,
+                  rect: tuple[int, int, int, int] | None) -> torch.Tensor:
+    """One face's gradient-domain cloning, as :func:`sdgan_stream.blend.poisson_clone`: ``source``'s
+    gradients inside ``core``, ``target``'s between two pixels outside ``region``, none elsewhere;
+    ``target`` fixed on ``rect``'s border. (3, S, S) tensors in, (3, S, S) out."""
+    out = target.clone()
+    if rect is None:
+        return out
+    x1, y1, x2, y2 = rect
+    src, tgt = source[:, y1:y2, x1:x2], target[:, y1:y2, x1:x2]
+    core_r = core[y1:y2, x1:x2]
+    outside = ~region[y1:y2, x1:x2]
+    lap = torch.zeros_like(src)
+    for axis in (1, 2):  # rows, then columns of the (3, h, w) block
+        n = src.shape[axis]
+        ahead, here = [slice(None)] * 3, [slice(None)] * 3
+        ahead[axis], here[axis] = slice(1, n), slice(0, n - 1)
+        g = torch.zeros_like(src)
+        both_out = outside[tuple(ahead[1:])] & outside[tuple(here[1:])]
+        g[tuple(here)] = torch.where(core_r[tuple(here[1:])], src[tuple(ahead)] - src[tuple(here)], 0.0) + torch.where(
+            both_out, tgt[tuple(ahead)] - tgt[tuple(here)], 0.0)
+        lap[tuple(ahead)] += g[tuple(ahead)] - g[tuple(here)]
+    lap = lap[:, 1:-1, 1:-1].clone()
+    lap[:, :, 0] -= tgt[:, 1:-1, 0]
+    lap[:, :, -1] -= tgt[:, 1:-1, -1]
+    lap[:, 0, :] -= tgt[:, 0, 1:-1]
+    lap[:, -1, :] -= tgt[:, -1, 1:-1]
+    h, w = lap.shape[-2:]
+    sy, sx = _dst(h, lap), _dst(w, lap)
+    ky = torch.arange(1, h + 1, dtype=lap.dtype, device=lap.device)
+    kx = torch.arange(1, w + 1, dtype=lap.dtype, device=lap.device)
+    eig = (2.0 * torch.cos(torch.pi * ky / (h + 1)) - 2.0)[:, None] + (2.0 * torch.cos(torch.pi * kx / (w + 1)) - 2.0)[None, :]
+    out[:, y1 + 1 : y2 - 1, x1 + 1 : x2 - 1] = sy @ ((sy @ lap @ sx) / eig) @ sx
+    return out
+
+
+def skin_shading_shift(image_lab: torch.Tensor, reference_lab: torch.Tensor, skin: torch.Tensor, *,
+                       min_pixels: int = 32) -> torch.Tensor:
+    """(B, 3, S, S) Lab shift swapping each image's quadratic skin colour field for the reference's, as
+    :func:`sdgan_stream.blend.skin_shading_shift` (weighted normal equations instead of lstsq); zero for
+    faces with fewer than ``min_pixels`` skin pixels."""
+    from ..blend import shading_basis
+
+    batch, _, size, _ = image_lab.shape
+    basis = torch.as_tensor(shading_basis(size), dtype=torch.float64, device=image_lab.device)  # (S*S, 6)
+    weight = skin.reshape(batch, -1).to(torch.float64)  # (B, S*S)
+    values = torch.cat([reference_lab, image_lab], 1).reshape(batch, 6, -1).to(torch.float64)  # (B, 6, S*S)
+    normal = torch.einsum("pk,bp,pl->bkl", basis, weight, basis)
+    rhs = torch.einsum("pk,bp,bcp->bkc", basis, weight, values)
+    enough = weight.sum(1) >= min_pixels
+    eye = torch.eye(6, dtype=normal.dtype, device=normal.device)
+    normal = torch.where(enough[:, None, None], normal, eye)  # keep the solve defined; zeroed below
+    coeffs = torch.linalg.solve(normal, rhs)  # (B, 6, 6): 3 reference channels, then 3 image channels
+    shift = torch.einsum("pk,bkc->bcp", basis, coeffs[:, :, :3] - coeffs[:, :, 3:]).reshape(batch, 3, size, size)
+    return (shift * enough[:, None, None, None]).to(image_lab.dtype)
+
+
+def seamless_blend(composite: torch.Tensor, crops: torch.Tensor, plan: SeamlessPlan) -> torch.Tensor:
+    """The crops to paste, (B, 3, S, S) in 0..255: cloning of ``composite`` (the generated face inside the
+    region) into ``crops`` (the original), then the skin colour shift, as ``blend.blend_crop``."""
+    device = composite.device
+    region = torch.from_numpy(plan.region).to(device)
+    core = torch.from_numpy(plan.core).to(device)
+    cloned = torch.stack([poisson_clone(composite[i], crops[i], region[i], core[i], plan.rects[i])
+                          for i in range(composite.shape[0])])
+    lab = rgb_to_lab((cloned / 255.0).clamp(0.0, 1.0))
+    shift = skin_shading_shift(lab, rgb_to_lab(crops / 255.0), torch.from_numpy(plan.skin).to(device))
+    weight = torch.from_numpy(plan.skin_weight).to(device=device, dtype=lab.dtype)[:, None]
+    return lab_to_rgb(lab + shift * weight).clamp(0.0, 1.0) * 255.0
 
 
 # -- the whole per-frame GPU path ------------------------------------------------------------------------
@@ -281,11 +372,12 @@ class DeviceFrameRenderer:
 
     Replaces, for every :class:`~sdgan_stream.faceprep.PreparedFace` (landmarks, maps and region masks
     stay on the host, where they are made), the CPU chain ``warp_to_crop`` -> ``backend.generate`` ->
-    ``blend.paste_back`` (Lab colour match + feathered alpha + inverse warp) with its torch twin:
+    ``blend.paste_back`` (seamless blend + feathered alpha + inverse warp) with its torch twin:
 
     frame (pinned) -> device -> crops (grid_sample, antialiased) -> masked input / one-hot map ->
-    ``backend.generate_tensors`` -> generated face inside the region, crop outside -> Lab match over
-    the skin class -> feathered alpha -> inverse warp and blend -> host.
+    ``backend.generate_tensors`` -> generated face inside the region, crop outside -> gradient-domain
+    cloning and the skin colour shift (:func:`seamless_blend`) -> feathered alpha -> inverse warp and
+    blend -> host.
 
     Crops are rounded to whole grey levels before scaling to [-1, 1]: the generator finds its hole as
     exact zeros, and a float crop value of exactly 127.5 would otherwise read as hole.
@@ -294,16 +386,12 @@ class DeviceFrameRenderer:
     >>> # renderer.render(image, prepared_faces, identity_codes)   # image (H, W, 3) uint8, changed in place
     """
 
-    def __init__(self, *, backend: Any, label_nc: int, skin_class: int | None = None, feather: float = 0.035,
-                 color: bool = True) -> None:
-        from ..semantic import class_id
-
+    def __init__(self, *, backend: Any, label_nc: int, feather: float = 0.035, blend: bool = True) -> None:
         self.backend = backend
         self.device = torch.device(getattr(backend, "torch_device", backend.device))
         self.label_nc = label_nc
-        self.skin_class = class_id("skin") if skin_class is None else skin_class
         self.feather = feather
-        self.color = color
+        self.blend = blend  # False: the composite is pasted as it is (blend method "none")
         self._pinned = self.device.type == "cuda"
         self._host: dict[tuple[int, ...], torch.Tensor] = {}
 
@@ -347,11 +435,7 @@ class DeviceFrameRenderer:
             generated = adjust(generated)
         generated = ((generated + 1.0) * 127.5).clamp(0, 255).round()
         composite = torch.where(region, generated, crops)
-        if self.color:
-            skin = (labels == self.skin_class)[:, None]
-            colour = (match_color(composite / 255.0, crops / 255.0, skin) * 255.0).round()
-        else:
-            colour = composite
+        colour = seamless_blend(composite, crops, seamless_plan(faces)).round() if self.blend else composite
         alpha = feather_alpha(region.float(), self.feather * size)
         paste_crops(frame, colour, alpha, matrices)
         host.copy_(frame.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0), non_blocking=True)
