@@ -59,6 +59,11 @@ class AnonymizeOptions:
     device: str = "auto"  # auto | cpu | cuda
     frame_path: str = "auto"  # sdgan pre/post-processing: auto (GPU when the generator is on CUDA) | host | device
     detector_provider: str | None = None  # onnxruntime execution provider for the detector
+    # -- recall (issue 14): how many looks the detector takes at each frame; see detect_passes.py
+    tiles: bool = True  # frames larger than detect_size: full-resolution tiles + the shrunk whole frame
+    border: float = 0.0  # mirrored pad on the frame edges (fraction of the shorter side): border-cut faces
+    rotation_every: int = 0  # one quarter-turned pass (90/180/270 in turn) every N frames; 0 = none
+    detector_model: str | None = None  # SCRFD .onnx file or insightface model pack; None = CenterFace
     batch_size: int = 16  # most faces per generator call
     seed: int | None = None  # fixes the fake identities (tests, reproducible demos)
 
@@ -72,6 +77,10 @@ class AnonymizeOptions:
         if not 0.0 < self.low_threshold <= self.threshold:
             raise ValueError(f"low threshold must be in (0, threshold], got {self.low_threshold}")
         check_frame_path(self.frame_path)
+        if not 0.0 <= self.border <= 0.5:
+            raise ValueError(f"border must be in [0, 0.5], got {self.border}")
+        if self.rotation_every < 0:
+            raise ValueError(f"rotation_every must be >= 0, got {self.rotation_every}")
         if not 0 <= self.crf <= 51:
             raise ValueError(f"crf must be in 0..51, got {self.crf}")
 
