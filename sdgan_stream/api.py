@@ -47,8 +47,15 @@ def build_detector(options: AnonymizeOptions, *, intra_op_threads: int = 0) -> M
     # With tracking, the detector reports weak faces too; the tracker shows only confident ones and
     # uses the weak ones to keep existing tracks alive (blur, partial occlusion).
     threshold = options.low_threshold if options.track else options.threshold
-    network = CenterFaceDetector(threshold=threshold, detect_size=None, provider=options.detector_provider,
-                                 intra_op_threads=intra_op_threads)
+    network: FaceDetector
+    if options.detector_model:
+        from .detect_scrfd import ScrfdDetector
+
+        network = ScrfdDetector(options.detector_model, threshold=threshold, provider=options.detector_provider,
+                                intra_op_threads=intra_op_threads)
+    else:
+        network = CenterFaceDetector(threshold=threshold, detect_size=None, provider=options.detector_provider,
+                                     intra_op_threads=intra_op_threads)
     return MultiPassDetector(network, detect_size=options.detect_size, tiles=options.tiles, border=options.border,
                              rotation_every=options.rotation_every)
 

@@ -41,6 +41,8 @@ from .types import Detections
 
 log = logging.getLogger(__name__)
 
+_SHRUNK_MIN_FACE = 32  # px: faces at least this wide are found in a shrunk view (20 px and up were, measured)
+
 __all__ = ["DetectorPass", "FaceDetector", "MultiPassDetector", "merge_detections", "plan_main_passes"]
 
 
@@ -90,12 +92,11 @@ def plan_main_passes(
     detect_size: tuple[int, int] | None,
     tiles: bool = True,
     border: float = 0.0,
-    overlap: float = 0.15,  # of the tile's shorter side
 ) -> list[DetectorPass]:
     """The passes run on every frame of this size (see the module docstring).
 
     >>> [p.region for p in plan_main_passes(3840, 2160, detect_size=(1920, 1088))]
-    [(0, 0, 3840, 2160), (0, 0, 2083, 1243), (1757, 0, 3840, 1243), (0, 917, 2083, 2160), (1757, 917, 3840, 2160)]
+    [(0, 0, 3840, 2160), (0, 0, 1984, 1144), (1856, 0, 3840, 1144), (0, 1016, 1984, 2160), (1856, 1016, 3840, 2160)]
     """
     pad = round(border * min(width, height))
     scale = _fit_scale(width, height, detect_size)
@@ -103,9 +104,10 @@ def plan_main_passes(
     if scale == 1.0 or not tiles or detect_size is None:
         return [whole]
     tile_w, tile_h = detect_size
-    # The overlap must hold any face too small for the shrunk whole-frame pass to find (under ~20 px
-    # there, so under 20 / scale here), or such a face could be cut in every tile.
-    overlap_px = min(max(round(overlap * min(tile_w, tile_h)), round(24 / scale)), min(tile_w, tile_h) // 2)
+    # Neighbouring tiles overlap by more than any face too small for the shrunk whole-frame pass to
+    # find (~32 px there, so 32 / scale here): such a face lies whole in some tile. Larger faces cut by
+    # a tile seam are the shrunk pass's.
+    overlap_px = min(math.ceil(_SHRUNK_MIN_FACE / scale), min(tile_w, tile_h) // 2)
     columns = _splits(width, tile_w, overlap_px)
     rows = _splits(height, tile_h, overlap_px)
     passes = [whole]
