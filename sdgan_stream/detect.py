@@ -164,10 +164,10 @@ class CenterFaceDetector:
         dets = self._decode(heatmap[0, 0], box_scale[0], offset[0], landmarks[0])
         if len(dets) == 0:
             return dets
+        # Boxes are not clipped to the image: a face cut by the border keeps its whole extent, so the
+        # cover drawn around it (clipped when drawn) is centred on the face, not on its visible part.
         boxes = dets.boxes / scale
         lms = dets.landmarks / scale
-        boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, width)
-        boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, height)
         return Detections(boxes=boxes.astype(np.float32), scores=dets.scores, landmarks=lms.astype(np.float32))
 
     def _decode(self, heatmap: np.ndarray, box_scale: np.ndarray, offset: np.ndarray, landmarks: np.ndarray) -> Detections:

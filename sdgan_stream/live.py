@@ -44,7 +44,7 @@ from .redact import redact_text
 from .types import VideoFrame, VideoInfo
 
 if TYPE_CHECKING:
-    from .detect import CenterFaceDetector
+    from .detect_passes import FaceDetector
 
 log = logging.getLogger(__name__)
 
@@ -430,14 +430,12 @@ def live_detector_threads() -> int:
     return max(1, min(4, (os.cpu_count() or 2) // 2))
 
 
-def _build_live_detector(options: AnonymizeOptions) -> CenterFaceDetector:
-    from .detect import CenterFaceDetector
+def _build_live_detector(options: AnonymizeOptions) -> FaceDetector:
+    from .api import build_detector
 
-    # Same threshold rule as api.build_detector: with tracking, weak detections keep tracks alive.
-    threshold = options.low_threshold if options.track else options.threshold
     threads = live_detector_threads()
     log.info("live detector: %d onnxruntime thread(s)", threads)
-    return CenterFaceDetector(threshold=threshold, detect_size=options.detect_size, provider=options.detector_provider, intra_op_threads=threads)
+    return build_detector(options, intra_op_threads=threads)
 
 
 def _timer(stop: threading.Event, seconds: float | None) -> threading.Timer | None:
@@ -467,7 +465,7 @@ def run_rtsp_filter(
     on_start: Callable[[LiveComponents], None] | None = None,
     stop_event: threading.Event | None = None,
     duration: float | None = None,
-    detector: CenterFaceDetector | None = None,
+    detector: FaceDetector | None = None,
     renderer: FaceRenderer | None = None,
     **overrides: object,
 ) -> LiveReport:
@@ -556,7 +554,7 @@ def run_live(
     on_start: Callable[[LiveComponents], None] | None = None,
     stop_event: threading.Event | None = None,
     duration: float | None = None,
-    detector: CenterFaceDetector | None = None,
+    detector: FaceDetector | None = None,
     renderer: FaceRenderer | None = None,
     **overrides: object,
 ) -> LiveReport:

@@ -60,3 +60,238 @@ def test_nms_keeps_the_best_of_overlapping_boxes() -> None:
     keep = nms(boxes, np.array([0.5, 0.9, 0.7], np.float32), 0.3)
     assert keep.tolist() == [1, 2]
     assert nms(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), 0.3).shape == (0,)
+
+
+# -- passes: tiles, border pad, quarter turns (sdgan_stream.detect_passes) ------------------------
+from sdgan_stream.detect_passes import MultiPassDetector, merge_detections, plan_main_passes  # noqa: E402
+from sdgan_stream.types import Detections  # noqa: E402
+
+
+def _canvas_with(image: np.ndarray, size: tuple[int, int], at: tuple[int, int]) -> np.ndarray:
+    canvas = np.full((size[1], size[0], 3), 110, np.uint8)
+    x, y = at
+    h, w = image.shape[:2]
+    canvas[y : y + h, x : x + w] = image
+    return canvas
+
+
+def test_a_frame_within_the_budget_is_one_full_resolution_pass() -> None:
+    [only] = plan_main_passes(1920, 1080, detect_size=(1920, 1088))
+    assert only.region == (0, 0, 1920, 1080) and only.scale == 1.0 and only.rotation == 0
+
+
+def test_a_larger_frame_is_tiled_at_full_resolution_plus_the_shrunk_whole_frame() -> None:
+    passes = plan_main_passes(3840, 2160, detect_size=(1920, 1088))
+    whole, tiles = passes[0], passes[1:]
+    assert whole.region == (0, 0, 3840, 2160) and whole.scale == pytest.approx(0.5)
+    assert all(t.scale == 1.0 for t in tiles) and len(tiles) == 4
+    covered = np.zeros((2160, 3840), bool)
+    for t in tiles:
+        x1, y1, x2, y2 = t.region
+        covered[y1:y2, x1:x2] = True
+    assert covered.all()
+    # neighbouring tiles overlap by more than a small face, so none is cut in every tile
+    assert tiles[0].region[2] - tiles[1].region[0] >= 48 and tiles[0].region[3] - tiles[2].region[1] >= 48
+    [shrunk] = plan_main_passes(3840, 2160, detect_size=(1920, 1088), tiles=False)
+    assert shrunk.scale == pytest.approx(0.5)
+
+
+def test_merged_detections_keep_the_union_of_overlapping_boxes() -> None:
+    found = Detections(np.array([[0, 0, 10, 14], [0, 2, 14, 12], [50, 50, 60, 60]], np.float32),
+                       np.array([0.5, 0.9, 0.7], np.float32), np.zeros((3, 5, 2), np.float32))
+    merged = merge_detections(found)
+    assert len(merged) == 2
+    assert merged.boxes[0].tolist() == [0, 0, 14, 14] and merged.scores[0] == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize("turns", [1, 3])
+def test_a_quarter_turned_face_gets_a_box_that_holds_it(turns: int) -> None:
+    photo = face_photos()[1]
+    turned = np.ascontiguousarray(np.rot90(photo.image, k=turns))
+    frame = _canvas_with(turned, (800, 600), (150, 100))
+    h, w = photo.image.shape[:2]
+    x1, y1, x2, y2 = photo.face_box
+    corners = np.array([[x1, y1], [x2, y1], [x1, y2], [x2, y2]], np.float64)
+    for _ in range(turns):  # np.rot90 by one turn: (x, y) -> (y, w - x), with w the width before turning
+        corners = np.stack([corners[:, 1], w - corners[:, 0]], 1)
+        w, h = h, w
+    truth = np.concatenate([corners.min(0), corners.max(0)]) + [150, 100, 150, 100]
+    detector = MultiPassDetector(CenterFaceDetector(threshold=0.4, detect_size=None), detect_size=(800, 800), rotation_every=1)
+    found = [detector.detect(frame) for _ in range(3)]  # one turn per frame: 90, 180, 270
+    matching = [d.boxes[i] for d in found for i in range(len(d)) if _iou(d.boxes[i], truth) > 0.3]
+    assert matching, "the turned face was never found"
+    best = max(matching, key=lambda b: _iou(b, truth))
+    # the box from the right turn holds the turned face (a little detector slack allowed)
+    slack = 0.1 * (truth[2] - truth[0])
+    assert best[0] <= truth[0] + slack and best[1] <= truth[1] + slack
+    assert best[2] >= truth[2] - slack and best[3] >= truth[3] - slack
+
+
+def test_turned_passes_map_landmarks_back_onto_the_face() -> None:
+    photo = face_photos()[0]
+    frame = _canvas_with(np.ascontiguousarray(np.rot90(photo.image, k=2)), (640, 480), (100, 80))
+    detector = MultiPassDetector(CenterFaceDetector(threshold=0.4, detect_size=None), detect_size=(640, 640),
+                                 rotations=(180,), rotation_every=1)
+    found = detector.detect(frame)
+    assert len(found) >= 1
+    box = found.boxes[np.argmax(found.scores)]
+    points = found.landmarks[np.argmax(found.scores)]
+    assert ((points >= box[:2] - 2) & (points <= box[2:] + 2)).all()
+    # upside down: the mouth corners lie above the eyes in the frame
+    assert points[3:, 1].mean() < points[:2, 1].mean()
+
+
+def test_the_border_pad_finds_a_face_cut_at_its_middle_by_the_bottom_edge() -> None:
+    photo = face_photos()[1]
+    x1, y1, x2, y2 = photo.face_box.astype(int)
+    cut = photo.image[: (y1 + y2) // 2]  # everything below the middle of the face is outside the frame
+    frame = _canvas_with(cut, (900, 600), (300, 600 - cut.shape[0]))
+    truth_top = 600 - cut.shape[0] + y1
+    detector = MultiPassDetector(CenterFaceDetector(threshold=0.3, detect_size=None), detect_size=(960, 960),
+                                 border=0.05, rotation_every=0)
+    found = detector.detect(frame)
+    assert len(found) >= 1
+    box = found.boxes[np.argmax(found.scores)]
+    assert box[1] <= truth_top + 0.1 * (y2 - y1)  # the box reaches up to the brows ...
+    assert box[3] >= 600 - 2  # ... and down to the border (the face goes on below it)
+
+
+def test_passes_reject_nonsense() -> None:
+    network = CenterFaceDetector(threshold=0.4, detect_size=None)
+    with pytest.raises(ValueError):
+        MultiPassDetector(network, rotations=(45,))
+    with pytest.raises(ValueError):
+        MultiPassDetector(network, border=0.9)
+
+
+# -- SCRFD (optional detector; sdgan_stream.detect_scrfd) -----------------------------------------
+import importlib.util  # noqa: E402
+import os  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from sdgan_stream.config import AnonymizeOptions  # noqa: E402
+from sdgan_stream.detect_scrfd import ScrfdDetector, resolve_scrfd_model  # noqa: E402
+from sdgan_stream.errors import WeightsError  # noqa: E402
+
+
+def _scrfd_like_model(path: Path, *, batched: bool = False) -> Path:
+    """An ONNX graph with SCRFD's interface (3 strides x 2 anchors, scores/boxes/keypoints) whose
+    outputs are simple functions of the image: score = mean red level of the cell (-1..1) x a gain
+    per stride (0.6, 0.9, 0.7), box distances 1 stride on every side, keypoints at the anchor centre."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, inits = [], []
+
+    def const(name: str, value: np.ndarray) -> None:
+        inits.append(numpy_helper.from_array(np.asarray(value), name))
+
+    const("starts", np.array([0], np.int64)); const("ends", np.array([1], np.int64)); const("axes", np.array([1], np.int64))
+    const("zero", np.array(0.0, np.float32)); const("one", np.array(1.0, np.float32))
+    const("shape", np.array([1, -1, 1] if batched else [-1, 1], np.int64))
+    scores, boxes, points = [], [], []
+    for stride, gain in zip((8, 16, 32), (0.6, 0.9, 0.7)):
+        const(f"gain{stride}", np.array(gain, np.float32))
+        nodes += [
+            helper.make_node("AveragePool", ["input.1"], [f"pool{stride}"], kernel_shape=[stride, stride], strides=[stride, stride]),
+            helper.make_node("Slice", [f"pool{stride}", "starts", "ends", "axes"], [f"red{stride}"]),
+            helper.make_node("Mul", [f"red{stride}", f"gain{stride}"], [f"cell{stride}"]),
+            helper.make_node("Concat", [f"cell{stride}", f"cell{stride}"], [f"anchors{stride}"], axis=1),
+            helper.make_node("Transpose", [f"anchors{stride}"], [f"hwa{stride}"], perm=[0, 2, 3, 1]),
+            helper.make_node("Reshape", [f"hwa{stride}", "shape"], [f"score_{stride}"]),
+            helper.make_node("Mul", [f"score_{stride}", "zero"], [f"zeros{stride}"]),
+            helper.make_node("Add", [f"zeros{stride}", "one"], [f"ones{stride}"]),
+            helper.make_node("Concat", [f"ones{stride}"] * 4, [f"bbox_{stride}"], axis=-1),
+            helper.make_node("Concat", [f"zeros{stride}"] * 10, [f"kps_{stride}"], axis=-1),
+        ]
+        scores.append(f"score_{stride}"); boxes.append(f"bbox_{stride}"); points.append(f"kps_{stride}")
+
+    def output(name: str, width: int) -> object:
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, ([1] if batched else []) + [f"n_{name}", width])
+
+    graph = helper.make_graph(
+        nodes, "scrfd_like", [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, "H", "W"])],
+        [output(n, 1) for n in scores] + [output(n, 4) for n in boxes] + [output(n, 10) for n in points], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def _white_square_image() -> np.ndarray:
+    image = np.zeros((96, 160, 3), np.uint8)
+    image[32:48, 64:80] = 255  # one stride-16 cell: row 2, column 4
+    return image
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_scrfd_decoding_on_onnxruntime(tmp_path: Path, batched: bool) -> None:
+    model = _scrfd_like_model(tmp_path / "det_fake.onnx", batched=batched)
+    detector = ScrfdDetector(model, threshold=0.7, use_insightface=False)
+    found = detector.detect(_white_square_image())
+    # only the stride-16 level scores above 0.7; its anchor centre (64, 32), box 16 px on every side
+    assert len(found) == 1
+    assert found.boxes[0].tolist() == pytest.approx([48, 16, 80, 48])
+    assert found.scores[0] == pytest.approx(0.9 * 127.5 / 128, abs=1e-3)
+    assert np.allclose(found.landmarks[0], [[64, 32]] * 5)
+    assert len(ScrfdDetector(model, threshold=0.95, use_insightface=False).detect(_white_square_image())) == 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("insightface") is None, reason="insightface is not installed")
+def test_scrfd_through_insightface_model_zoo_agrees(tmp_path: Path) -> None:
+    model = _scrfd_like_model(tmp_path / "det_fake.onnx")
+    ours = ScrfdDetector(model, threshold=0.7, use_insightface=False).detect(_white_square_image())
+    zoo = ScrfdDetector(model, threshold=0.7, use_insightface=True).detect(_white_square_image())
+    assert len(zoo) == len(ours) == 1
+    assert np.allclose(zoo.boxes, ours.boxes, atol=1e-3) and np.allclose(zoo.scores, ours.scores, atol=1e-3)
+
+
+def test_a_model_pack_folder_resolves_to_its_detector(tmp_path: Path) -> None:
+    pack = tmp_path / "pack"
+    pack.mkdir()
+    (pack / "w600k_r50.onnx").write_bytes(b"recognizer")
+    _scrfd_like_model(pack / "det_10g.onnx")
+    assert resolve_scrfd_model(pack).name == "det_10g.onnx"
+    with pytest.raises(WeightsError, match="not found"):
+        resolve_scrfd_model(tmp_path / "missing.onnx")
+
+
+def test_an_unreadable_detector_model_is_a_one_line_error(tmp_path: Path) -> None:
+    from sdgan_stream.api import build_detector
+
+    bad = tmp_path / "det.onnx"
+    bad.write_bytes(b"not an onnx file")
+    with pytest.raises(WeightsError) as info:
+        build_detector(AnonymizeOptions(detector_model=str(bad)))
+    assert "det.onnx" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_cli_stops_on_an_unreadable_detector_model_before_writing(tmp_path: Path, face_clip) -> None:
+    import subprocess
+    import sys
+
+    bad = tmp_path / "det.onnx"
+    bad.write_bytes(b"\x00" * 64)
+    out = tmp_path / "out.mp4"
+    done = subprocess.run([sys.executable, "-m", "sdgan_stream.cli", "anonymize", str(face_clip.path), "-o", str(out),
+                           "--detector-model", str(bad), "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert done.stderr.strip().count("\n") == 0 and "det.onnx" in done.stderr
+    assert not out.exists()
+
+
+def _installed_scrfd_model() -> Path | None:
+    named = os.environ.get("SDGAN_SCRFD_MODEL")
+    if named:
+        return Path(named)
+    root = Path(os.environ.get("INSIGHTFACE_HOME", "~/.insightface")).expanduser() / "models"
+    found = sorted(root.glob("*/det*.onnx")) if root.is_dir() else []
+    return found[0] if found else None
+
+
+@pytest.mark.skipif(_installed_scrfd_model() is None, reason="no SCRFD model here (set SDGAN_SCRFD_MODEL or install an insightface pack)")
+@pytest.mark.parametrize("index", [0, 1])
+def test_a_real_scrfd_model_finds_the_face_in_real_photos(index: int) -> None:
+    photo = face_photos()[index]
+    found = ScrfdDetector(_installed_scrfd_model(), threshold=0.5).detect(photo.image)
+    assert len(found) == 1 and _iou(found.boxes[0], photo.face_box) > 0.5

@@ -1,0 +1,278 @@
+"""More than one look at each frame, so that fewer faces are missed: tiles, a border pad, rotations.
+
+One network pass over a frame shrunk to fit a budget misses small faces, faces cut by the frame border
+and faces turned in the image plane. :class:`MultiPassDetector` wraps any detector that finds upright
+faces in the pixels it is given (:class:`FaceDetector`) and runs it as several *passes*, each a view of
+the frame (a region, a scale, a reflected border pad, a quarter turn) whose detections are mapped back
+to frame pixels and merged:
+
+- **main passes, every frame**: the frame at full resolution when it fits the ``detect_size`` budget;
+  a larger frame in overlapping tiles of that size at full resolution plus the whole frame shrunk into
+  it (for faces larger than the tile overlap); or, with ``tiles=False``, only the shrunk frame.
+- **a border pad**: every main pass sees its frame edges mirrored outwards by ``border`` of the frame's
+  shorter side, so a face cut by the border still has its centre, and a face-like context, inside the
+  network's view (CenterFace finds a face by its centre).
+- **scheduled passes, one per frame in turn**: the main passes turned by 90, 180 and 270 degrees. A
+  face found only turned starts a track; the tracker keeps it covered between its turns, and for files
+  the look-back covers it in the frames before. ``rotation_every`` spaces the turns out (cost).
+
+Detections of one face from several passes are merged into one with the union of their boxes (a box
+from an upright pass on a turned face has the wrong shape; the union contains the face either way).
+
+>>> import numpy as np
+>>> from sdgan_stream.detect import CenterFaceDetector
+>>> detector = MultiPassDetector(CenterFaceDetector(threshold=0.3, detect_size=None), detect_size=(640, 640))
+>>> len(detector.detect(np.zeros((360, 640, 3), np.uint8)))
+0
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from .types import Detections
+
+log = logging.getLogger(__name__)
+
+_SHRUNK_MIN_FACE = 32  # px: faces at least this wide are found in a shrunk view (20 px and up were, measured)
+
+__all__ = ["DetectorPass", "FaceDetector", "MultiPassDetector", "merge_detections", "plan_main_passes"]
+
+
+class FaceDetector(Protocol):
+    """Finds upright faces in an RGB image at the image's own scale; coordinates in its pixels."""
+
+    threshold: float
+
+    def detect(self, image: np.ndarray) -> Detections: ...
+
+
+@dataclass(frozen=True)
+class DetectorPass:
+    """One view of the frame: ``region`` (x1, y1, x2, y2) of the frame, shrunk or grown by ``scale``,
+    padded by ``pad`` px of mirrored border (in the view's pixels) on the sides that are frame edges,
+    then turned ``rotation`` degrees counter-clockwise (0, 90, 180, 270)."""
+
+    region: tuple[int, int, int, int]
+    scale: float = 1.0
+    pad: int = 0
+    rotation: int = 0
+
+    def with_rotation(self, rotation: int) -> DetectorPass:
+        return DetectorPass(self.region, self.scale, self.pad, rotation)
+
+
+def _fit_scale(width: int, height: int, budget: tuple[int, int] | None) -> float:
+    if budget is None:
+        return 1.0
+    return min(budget[0] / width, budget[1] / height, 1.0)
+
+
+def _splits(length: int, tile: int, overlap: int) -> list[tuple[int, int]]:
+    """As many spans as ``tile`` fits into ``length`` (rounded up), each grown by ``overlap``, spread evenly."""
+    count = math.ceil(length / tile)
+    if count <= 1:
+        return [(0, length)]
+    span = min(length, math.ceil(length / count) + overlap)
+    step = (length - span) / (count - 1)
+    return [(round(i * step), round(i * step) + span) for i in range(count)]
+
+
+def plan_main_passes(
+    width: int,
+    height: int,
+    *,
+    detect_size: tuple[int, int] | None,
+    tiles: bool = True,
+    border: float = 0.0,
+) -> list[DetectorPass]:
+    """The passes run on every frame of this size (see the module docstring).
+
+    >>> [p.region for p in plan_main_passes(3840, 2160, detect_size=(1920, 1088))]
+    [(0, 0, 3840, 2160), (0, 0, 1984, 1144), (1856, 0, 3840, 1144), (0, 1016, 1984, 2160), (1856, 1016, 3840, 2160)]
+    """
+    pad = round(border * min(width, height))
+    scale = _fit_scale(width, height, detect_size)
+    whole = DetectorPass((0, 0, width, height), scale, round(pad * scale))
+    if scale == 1.0 or not tiles or detect_size is None:
+        return [whole]
+    tile_w, tile_h = detect_size
+    # Neighbouring tiles overlap by more than any face too small for the shrunk whole-frame pass to
+    # find (~32 px there, so 32 / scale here): such a face lies whole in some tile. Larger faces cut by
+    # a tile seam are the shrunk pass's.
+    overlap_px = min(math.ceil(_SHRUNK_MIN_FACE / scale), min(tile_w, tile_h) // 2)
+    columns = _splits(width, tile_w, overlap_px)
+    rows = _splits(height, tile_h, overlap_px)
+    passes = [whole]
+    for y1, y2 in rows:
+        for x1, x2 in columns:
+            passes.append(DetectorPass((x1, y1, x2, y2), 1.0, pad))
+    return passes
+
+
+def _view(image: np.ndarray, spec: DetectorPass) -> tuple[np.ndarray, np.ndarray]:
+    """The pixels the network sees for ``spec`` and the 2x3 affine from frame to view coordinates."""
+    x1, y1, x2, y2 = spec.region
+    height, width = image.shape[:2]
+    crop = image[y1:y2, x1:x2]
+    if spec.scale != 1.0:
+        size = (max(1, round((x2 - x1) * spec.scale)), max(1, round((y2 - y1) * spec.scale)))
+        crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA if spec.scale < 1 else cv2.INTER_LINEAR)
+    sx = crop.shape[1] / (x2 - x1)
+    sy = crop.shape[0] / (y2 - y1)
+    # Pad only the sides that are frame edges: inside the frame a tile's neighbour is real picture.
+    top = spec.pad if y1 == 0 else 0
+    bottom = spec.pad if y2 == height else 0
+    left = spec.pad if x1 == 0 else 0
+    right = spec.pad if x2 == width else 0
+    if spec.pad and min(crop.shape[:2]) > 1:
+        # Mirrored (not black) border: a face cut at its middle is completed into a face-like pattern.
+        crop = cv2.copyMakeBorder(crop, top, bottom, left, right, cv2.BORDER_REFLECT_101)
+    matrix = np.array([[sx, 0, left - x1 * sx], [0, sy, top - y1 * sy]], np.float64)
+    turns = (spec.rotation // 90) % 4
+    if turns:
+        h, w = crop.shape[:2]
+        crop = np.rot90(crop, k=turns)  # counter-clockwise
+        turn = {1: [[0, 1, 0], [-1, 0, w]], 2: [[-1, 0, w], [0, -1, h]], 3: [[0, -1, h], [1, 0, 0]]}[turns]
+        matrix = np.asarray(turn, np.float64) @ np.vstack([matrix, [0, 0, 1]])
+    return np.ascontiguousarray(crop), matrix
+
+
+def _map_back(found: Detections, matrix: np.ndarray) -> Detections:
+    """Detections in view coordinates -> frame coordinates (boxes stay axis-aligned: quarter turns only)."""
+    if not len(found):
+        return found
+    inverse = cv2.invertAffineTransform(matrix)
+    x1, y1, x2, y2 = found.boxes.T
+    corners = np.stack([np.stack([x1, y1], 1), np.stack([x2, y2], 1)], 1).astype(np.float64)  # (N, 2, 2)
+    mapped = corners @ inverse[:, :2].T + inverse[:, 2]
+    boxes = np.concatenate([mapped.min(1), mapped.max(1)], 1)
+    points = found.landmarks.astype(np.float64) @ inverse[:, :2].T + inverse[:, 2]
+    return Detections(boxes.astype(np.float32), found.scores, points.astype(np.float32))
+
+
+def _concat(parts: Sequence[Detections]) -> Detections:
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return Detections.empty()
+    return Detections(np.concatenate([p.boxes for p in parts]), np.concatenate([p.scores for p in parts]),
+                      np.concatenate([p.landmarks for p in parts]))
+
+
+def merge_detections(found: Detections, *, iou_threshold: float = 0.3) -> Detections:
+    """One detection per face from several passes: the best-scoring one, its box grown to the union
+    of every box that overlaps it by ``iou_threshold`` (from another view, a box may have the other shape).
+
+    >>> d = Detections(np.array([[0, 0, 10, 14], [0, 2, 14, 12]], np.float32), np.array([0.9, 0.5], np.float32),
+    ...                np.zeros((2, 5, 2), np.float32))
+    >>> merge_detections(d).boxes.tolist()
+    [[0.0, 0.0, 14.0, 14.0]]
+    """
+    if len(found) < 2:
+        return found
+    from .track import box_iou
+
+    order = np.argsort(-found.scores, kind="stable")
+    boxes = found.boxes[order].astype(np.float64)
+    iou = box_iou(boxes, boxes)
+    taken = np.zeros(len(boxes), bool)
+    keep, merged = [], []
+    for i in range(len(boxes)):
+        if taken[i]:
+            continue
+        group = np.flatnonzero(~taken & (iou[i] >= iou_threshold))  # holds i itself (IoU 1)
+        taken[group] = True
+        members = boxes[group]
+        merged.append(np.concatenate([members[:, :2].min(0), members[:, 2:].max(0)]))
+        keep.append(order[i])
+    keep_idx = np.asarray(keep, np.intp)
+    return Detections(np.asarray(merged, np.float32), found.scores[keep_idx], found.landmarks[keep_idx])
+
+
+class MultiPassDetector:
+    """Runs ``detector`` over the passes of each frame and merges what they find (module docstring).
+
+    Args:
+        detector: finds upright faces at the scale of the image it is handed (e.g. a
+            ``CenterFaceDetector(detect_size=None)``).
+        detect_size: (width, height) budget of one network call; ``None`` = the whole frame at full size.
+        tiles: frames larger than the budget are detected at full resolution in tiles (plus the shrunk
+            whole frame); ``False`` = the shrunk whole frame only (faster, misses small faces).
+        border: mirrored pad on the frame edges, as a fraction of the frame's shorter side.
+        rotations: quarter turns (90, 180, 270) tried on a schedule, one per ``rotation_every`` frames.
+        rotation_every: frames between two scheduled turns; 0 = no turns.
+    """
+
+    def __init__(
+        self,
+        detector: FaceDetector,
+        *,
+        detect_size: tuple[int, int] | None = None,
+        tiles: bool = True,
+        border: float = 0.0,
+        rotations: Sequence[int] = (90, 180, 270),
+        rotation_every: int = 1,
+    ) -> None:
+        if any(r % 90 or not 0 < r < 360 for r in rotations):
+            raise ValueError(f"rotations must be among 90, 180, 270, got {tuple(rotations)}")
+        if border < 0 or border > 0.5:
+            raise ValueError(f"border must be in [0, 0.5], got {border}")
+        if rotation_every < 0:
+            raise ValueError(f"rotation_every must be >= 0, got {rotation_every}")
+        self.detector = detector
+        self.detect_size = detect_size
+        self.tiles = tiles
+        self.border = border
+        self.rotations = tuple(rotations)
+        self.rotation_every = rotation_every if self.rotations else 0
+        self._frame = 0
+        self._plans: dict[tuple[int, int], list[DetectorPass]] = {}
+
+    @property
+    def threshold(self) -> float:
+        return self.detector.threshold
+
+    def reset(self) -> None:
+        """Start the rotation schedule again (a new stream)."""
+        self._frame = 0
+
+    def passes_for(self, width: int, height: int, frame: int) -> list[DetectorPass]:
+        """Every pass run on frame number ``frame`` of this size."""
+        plan = self._plans.get((width, height))
+        if plan is None:
+            plan = plan_main_passes(width, height, detect_size=self.detect_size, tiles=self.tiles, border=self.border)
+            self._plans[(width, height)] = plan
+        passes = list(plan)
+        if self.rotation_every and frame % self.rotation_every == 0:
+            rotation = self.rotations[(frame // self.rotation_every) % len(self.rotations)]
+            passes += [p.with_rotation(rotation) for p in plan]
+        return passes
+
+    def detect(self, image: np.ndarray) -> Detections:
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
+        height, width = image.shape[:2]
+        passes = self.passes_for(width, height, self._frame)
+        self._frame += 1
+        found = []
+        for spec in passes:
+            view, matrix = _view(image, spec)
+            found.append(_map_back(self.detector.detect(view), matrix))
+        merged = merge_detections(_concat(found))
+        return _inside(merged, width, height)
+
+
+def _inside(found: Detections, width: int, height: int) -> Detections:
+    """Drop detections wholly outside the frame (a mirrored face in the pad with no real part in view)."""
+    if not len(found):
+        return found
+    b = found.boxes
+    visible = (b[:, 2] > 0) & (b[:, 0] < width) & (b[:, 3] > 0) & (b[:, 1] < height)
+    return found if visible.all() else found.select(visible)
