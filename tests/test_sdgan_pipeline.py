@@ -20,12 +20,14 @@ from .conftest import audio_packets, read_frames
 
 @pytest.fixture(scope="module")
 def renderer() -> SdganRenderer:
-    return SdganRenderer.from_options(AnonymizeOptions(backend="eager", device="cpu"))
+    return SdganRenderer.from_options(AnonymizeOptions(backend="eager", device="cpu", fallback="solid"))
 
 
 def _sdgan_clip(face_clip: SyntheticClip, tmp_path: Path):
     out = tmp_path / "sdgan.mp4"
-    report = anonymize_video(face_clip.path, out, method="sdgan", seed=3, detect_size=(640, 640))
+    # generation is under test, not recall: the single-pass detector at 0.4 (no weak extra detections to cover)
+    report = anonymize_video(face_clip.path, out, method="sdgan", seed=3, detect_size=(640, 640), threshold=0.4,
+                             low_threshold=0.15, rotation_every=0, border=0.0)
     return out, report
 
 
