@@ -4,7 +4,7 @@ For each face photo (the two the packages ship, or ``--photos``) and each condit
 
 * ``plain``: the photo as it is;
 * ``dark`` / ``light``: the person (a soft ellipse around the head) made dark-skinned / pale;
-* ``side_light``: a strong horizontal light gradient across the face (0.35x to 1.15x);
+* ``side_light``: a strong horizontal light gradient across the head (0.35x to 1.15x);
 * ``smaller`` / ``larger``: the map the generator paints scaled 0.85x / 1.12x about the face centre,
   the replaced region the union of both (as the renderer's identity reshape does);
 * ``reshape``: the renderer's own identity reshape (strength 3.5), the default in video;
@@ -14,7 +14,8 @@ face and method: :func:`sdgan_stream.blend.boundary_score` (1.0 = the untouched 
 ``untouched`` row pastes the original crop back, what resampling alone costs), the skin colour step
 (CIE Lab distance between the mean skin colour of the output and of the original, in the face's
 crop), whether dlib's HOG finds the face (local check, as ``evaluate`` does), CenterFace's score, and
-the paste's wall and CPU time per face at 128 px (median; one thread).
+the paste's wall and CPU time per face at 128 px (median; one thread). The PNG beside the JSON shows,
+per photo and condition, the first face's crop: input | previous | seamless.
 
 ``previous`` is the blend before issue 13 (Lab statistics over the rectangle around the face, the
 context included, pasted with an outward ramp); ``seamless`` is the default now (see
@@ -68,11 +69,11 @@ def condition_image(image: np.ndarray, box: np.ndarray, condition: str) -> np.nd
         f = f + _head_weight(image.shape, box) * (dark - f)
     elif condition == "light":
         f = f + _head_weight(image.shape, box) * 0.4 * (255.0 - f)
-    elif condition == "side_light":
+    elif condition == "side_light":  # on the head only, so the faces of a group photo each get their own
         x1, x2 = float(box[0]), float(box[2])
         xs = np.arange(image.shape[1], dtype=np.float32)
         ramp = np.clip((xs - (x1 - 0.5 * (x2 - x1))) / (2.0 * (x2 - x1)), 0.0, 1.0)
-        f = f * (0.35 + 0.8 * ramp)[None, :, None]
+        f = f + _head_weight(image.shape, box) * (f * (0.35 + 0.8 * ramp)[None, :, None] - f)
     return np.clip(f + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -125,6 +126,13 @@ def _skin_step(output: np.ndarray, original: np.ndarray, prepared) -> float:
     return float(np.linalg.norm(means[0] - means[1]))
 
 
+def _face_view(image: np.ndarray, prepared, side: int = 192) -> np.ndarray:
+    """The face's aligned crop of ``image`` at ``side`` px, for the montage."""
+    from sdgan_stream.align import warp_to_crop
+
+    return cv2.resize(warp_to_crop(image, prepared.matrix, prepared.size), (side, side), interpolation=cv2.INTER_CUBIC)
+
+
 def _timeit(fn: Callable[[], None], repeats: int) -> tuple[float, float]:
     fn()
     wall, cpu = [], []
@@ -171,6 +179,7 @@ def main() -> None:
     methods = _methods()
 
     rows: list[dict] = []
+    montage: list[np.ndarray] = []  # per photo and condition, the first face: input | previous | seamless
     for photo_name, photo in photos.items():
         found = detector.detect(photo)
         faces = [Face(box=b, score=float(s), landmarks=lm, identity_seed=i) for i, (b, s, lm) in
@@ -190,10 +199,12 @@ def main() -> None:
                 continue
             crops = renderer.generate_crops(prepared)
             candidates = {"untouched": (lambda im, crop, p: paste_back(im, p.crop.copy(), p, method="none"))} | methods
+            cells = {"input": image}
             for method, paste in candidates.items():
                 output = image.copy()
                 for p, crop in zip(prepared, crops):
                     paste(output, crop, p)
+                cells[method] = output
                 detections = detector.detect(output)
                 for p, crop in zip(prepared, crops):
                     local = recognizer.detect_near(output, p.face.box)
@@ -214,6 +225,7 @@ def main() -> None:
                         "paste_ms": round(wall, 3),
                         "paste_cpu_ms": round(cpu, 3),
                     })
+            montage.append(np.hstack([_face_view(cells[k], prepared[0]) for k in ("input", "previous", "seamless")]))
             print(f"{photo_name} {condition}: {len(prepared)} face(s)", flush=True)
 
     summary: dict[str, dict] = {}
@@ -254,6 +266,8 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
+    if montage:
+        cv2.imwrite(str(args.out.with_suffix(".png")), cv2.cvtColor(np.vstack(montage), cv2.COLOR_RGB2BGR))
     print(json.dumps(summary, indent=1))
 
 

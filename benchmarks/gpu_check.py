@@ -9,7 +9,7 @@ skipped once the time budget is spent):
 3. ``generator``: milliseconds per call and faces/s at batch 1, 4, 16 for each backend (numpy path
    with pinned staging, and the device-tensor path).
 4. ``gpu_warp``: per-stage ms of the GPU pre/post-processing on a 1080p frame with 1, 4 and 16 faces
-   (upload, warp crops, feather, colour match, paste back, download).
+   (upload, warp crops, feather, seamless blend (cloning + skin colour), paste back, download).
 5. ``stages``: per-stage ms of the CPU stages on frames of a synthetic 1080p clip (decode, detect,
    blur cover, landmarks + crops + maps, generate, numpy paste-back), 1, 4 and 16 faces.
 6. ``end_to_end``: ``sdgan_stream.anonymize_video(..., backend=..., device="cuda")`` for ``blur``
@@ -268,7 +268,8 @@ def _face_matrices(count: int, size: int, width: int = 1920, height: int = 1080)
 def gpu_warp_stages(config) -> dict[str, Any]:  # noqa: ANN001
     import torch
 
-    from sdgan_stream.backends.gpu_warp import feather_alpha, match_color, paste_crops, warp_crops
+    from sdgan_stream.backends.gpu_warp import SeamlessPlan, feather_alpha, paste_crops, seamless_blend, warp_crops
+    from sdgan_stream.blend import clone_rect
 
     size = config.image_size
     rng = np.random.default_rng(0)
@@ -280,7 +281,12 @@ def gpu_warp_stages(config) -> dict[str, Any]:  # noqa: ANN001
         matrices = _face_matrices(count, size)
         region = torch.zeros(count, 1, size, size, device=DEVICE)
         region[:, :, size // 5 : 4 * size // 5, size // 4 : 3 * size // 4] = 1
-        generated = torch.rand(count, 3, size, size, device=DEVICE)
+        generated = torch.rand(count, 3, size, size, device=DEVICE) * 255.0
+        host_region = region[:, 0].bool().cpu().numpy()
+        core = np.zeros_like(host_region)
+        core[:, size // 5 + 1 : 4 * size // 5 - 1, size // 4 + 1 : 3 * size // 4 - 1] = True
+        plan = SeamlessPlan(region=host_region, core=core, skin=core, skin_weight=core.astype(np.float32),
+                            rects=[clone_rect(r) for r in host_region])
         stages = {"upload": [], "warp": [], "feather": [], "color": [], "paste": [], "download": []}
         out_host = torch.empty((1080, 1920, 3), dtype=torch.uint8)
         out_host = out_host.pin_memory() if pinned else out_host
@@ -297,7 +303,7 @@ def gpu_warp_stages(config) -> dict[str, Any]:  # noqa: ANN001
             mark()
             alpha = feather_alpha(region, 0.035 * size)
             mark()
-            colour = match_color(generated, crops / 255.0, region) * 255.0
+            colour = seamless_blend(torch.where(region > 0.5, generated, crops), crops, plan)
             mark()
             paste_crops(frame, colour, alpha, matrices)
             mark()

@@ -9,12 +9,14 @@ The default, ``method="seamless"``, works in crop space, then warps the result b
    no ring of shifted context around it; what the generator painted at the edge melts into the
    surroundings. (OpenCV's own function is not used: it guides that band with the original's
    gradients, which would carry the original face's edge into the replaced region.)
-2. **Colour, restricted to skin**: cloning pulls the face's colour towards its surroundings (a face
-   framed by blonde hair comes out too bright). A smooth field (quadratic in x and y per Lab channel)
-   fitted to the original face's skin then replaces the one fitted to the result's skin, faded in over
-   ``SKIN_RAMP`` around the generated face's own outline, so skin tone, lighting level and a side
-   light's gradient follow the frame while the region's edge stays as cloning left it. 18 numbers
-   travel from the original face, no pixel.
+2. **Colour, restricted to skin**: before cloning, the generated skin's detail (around its smooth
+   field, a quadratic in x and y per Lab channel) is scaled to the original skin's spread, so a face
+   in dim, pale or side light shows its texture as weakly as the frame does. Cloning pulls the face's
+   colour towards its surroundings (a face framed by blonde hair comes out too bright), so after it the
+   field fitted to the original face's skin replaces the one fitted to the result's skin, faded in
+   over ``SKIN_RAMP`` around the generated face's own outline: skin tone, lighting level and a side
+   light's gradient follow the frame while the region's edge stays as cloning left it. 21 numbers
+   travel from the original face (18 field coefficients, 3 spreads), no pixel.
 
 Alpha is 1 over the replaced region (``PreparedFace.region_mask``) and ramps to 0 outward over
 ``feather`` of the crop size. No pixel of the original face inside the region is read: the cloning
@@ -36,6 +38,7 @@ band around the paste edge, output against input.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Literal
 
@@ -63,7 +66,8 @@ __all__ = [
     "match_color",
     "poisson_clone",
     "shading_basis",
-    "skin_shading_shift",
+    "skin_detail_gain",
+    "skin_fitter",
 ]
 
 BlendMethod = Literal["seamless", "lab", "poisson", "none"]
@@ -153,32 +157,26 @@ def _guidance_laplacian(source: np.ndarray, target: np.ndarray, region: np.ndarr
 
 
 def poisson_clone(source: np.ndarray, target: np.ndarray, region: np.ndarray, *, band_px: int) -> np.ndarray:
-    """Gradient-domain cloning of ``source`` into ``target`` over ``region`` (all (S, S) crop arrays).
+    """Gradient-domain cloning of ``source`` into ``target`` over ``region`` ((h, w, 3), (h, w, 3), (h, w)).
 
-    Solves the Poisson equation on :func:`clone_rect` with the guidance of :func:`_guidance_laplacian`
-    and ``target`` fixed on the rectangle's border (a DST-I diagonalizes the 5-point Laplacian there).
-    Returns float64 (S, S, 3): ``target`` outside the rectangle.
+    Solves the Poisson equation with the guidance of :func:`_guidance_laplacian` and ``target`` fixed on
+    the arrays' border (pass the window :func:`clone_rect` cuts); a DST-I diagonalizes the 5-point
+    Laplacian there. Returns float64 (h, w, 3).
     """
     out = target.astype(np.float64)
-    rect = clone_rect(region)
-    if rect is None:
-        return out
-    x1, y1, x2, y2 = rect
-    src = source[y1:y2, x1:x2].astype(np.float64)
-    tgt = out[y1:y2, x1:x2]
-    lap = _guidance_laplacian(src, tgt, region[y1:y2, x1:x2], band_px)[1:-1, 1:-1]
+    lap = _guidance_laplacian(source.astype(np.float64), out, region, band_px)[1:-1, 1:-1]
     # the fixed border's share of each interior pixel's 5-point Laplacian moves to the right-hand side
-    lap[:, 0] -= tgt[1:-1, 0]
-    lap[:, -1] -= tgt[1:-1, -1]
-    lap[0, :] -= tgt[0, 1:-1]
-    lap[-1, :] -= tgt[-1, 1:-1]
+    lap[:, 0] -= out[1:-1, 0]
+    lap[:, -1] -= out[1:-1, -1]
+    lap[0, :] -= out[0, 1:-1]
+    lap[-1, :] -= out[-1, 1:-1]
     h, w = lap.shape[:2]
     sy, sx = dst_matrix(h), dst_matrix(w)
     eig = (2.0 * np.cos(np.pi * np.arange(1, h + 1) / (h + 1)) - 2.0)[:, None] + (
         2.0 * np.cos(np.pi * np.arange(1, w + 1) / (w + 1)) - 2.0)[None, :]
     channels = np.moveaxis(lap, -1, 0)  # (3, h, w): batched matrix products, one per channel
     solution = sy @ ((sy @ channels @ sx) / eig) @ sx
-    out[y1 + 1 : y2 - 1, x1 + 1 : x2 - 1] = np.moveaxis(solution, 0, -1)
+    out[1:-1, 1:-1] = np.moveaxis(solution, 0, -1)
     return out
 
 
@@ -198,21 +196,32 @@ def _lab(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(np.clip(image, 0, 255).astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
 
 
-def skin_shading_shift(image: np.ndarray, reference: np.ndarray, skin: np.ndarray) -> np.ndarray | None:
-    """(S, S, 3) float32 Lab shift that swaps ``image``'s smooth skin colour field for ``reference``'s.
-
-    Each image's Lab values over ``skin`` are fitted with a quadratic polynomial in x, y per channel
-    (least squares, one solve for both); the shift is the difference of the two fields, defined over
-    the whole crop. None when ``skin`` has fewer than 32 pixels.
-    """
+def skin_fitter(skin: np.ndarray, basis: np.ndarray | None = None) -> Callable[[np.ndarray], np.ndarray] | None:
+    """A function that fits the smooth colour field of a Lab image's skin: a quadratic polynomial in x, y
+    per channel, least squares over ``skin``, returned over the whole image as (h, w, 3) float32.
+    ``basis`` (h * w, 6) holds the polynomial at each pixel: by default :func:`shading_basis` of a
+    square crop; a window of a crop passes its rows of the crop's basis. None when ``skin`` has fewer
+    than 32 pixels. The fit's projector is computed once per mask."""
     select = np.asarray(skin, bool).ravel()
     if int(select.sum()) < _MIN_SKIN_PIXELS:
         return None
-    size = image.shape[0]
-    basis = shading_basis(size)
-    values = np.concatenate([_lab(reference).reshape(-1, 3)[select], _lab(image).reshape(-1, 3)[select]], 1)
-    coeffs = np.linalg.lstsq(basis[select].astype(np.float64), values.astype(np.float64), rcond=None)[0]
-    return (basis @ (coeffs[:, :3] - coeffs[:, 3:]).astype(np.float32)).reshape(size, size, 3)
+    basis = shading_basis(skin.shape[0]) if basis is None else basis
+    a = basis[select].astype(np.float64)
+    projector = np.linalg.solve(a.T @ a, a.T).astype(np.float32)  # (6, N): the normal equations' solution
+
+    def field(lab: np.ndarray) -> np.ndarray:
+        return (basis @ (projector @ lab.reshape(-1, 3)[select])).reshape(lab.shape)
+
+    return field
+
+
+def skin_detail_gain(lab: np.ndarray, field: np.ndarray, reference_lab: np.ndarray, reference_field: np.ndarray,
+                     skin: np.ndarray) -> np.ndarray:
+    """(3,) per-channel gain that gives ``lab``'s skin detail (what lies around its field) the spread of
+    the reference's, within 0.5-2x: a face lit darker, paler or from one side shows its texture weaker."""
+    select = np.asarray(skin, bool)
+    spread = (reference_lab - reference_field)[select].std(0) / np.maximum((lab - field)[select].std(0), 1e-3)
+    return np.clip(spread, *_SPREAD_LIMITS).astype(np.float32)
 
 
 def match_color(generated: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -238,6 +247,33 @@ def match_color(generated: np.ndarray, reference: np.ndarray, mask: np.ndarray) 
 
 
 # -- the crop to paste -----------------------------------------------------------------------------------
+def _clone_window(generated: np.ndarray, prepared: PreparedFace, window: tuple[slice, slice], *, colour: bool) -> np.ndarray:
+    """``blend_crop``'s cloning (and, with ``colour``, skin colour steps) on one window of the crop: uint8."""
+    size = prepared.size
+    crop = prepared.crop[window]
+    region = prepared.region_mask[window] > 0.5
+    source = np.where(region[..., None], generated, crop).astype(np.float32)
+    skin = prepared.labels[window] == class_id("skin")
+    fit = skin_fitter(skin, shading_basis(size).reshape(size, size, 6)[window].reshape(-1, 6)) if colour else None
+    if fit is not None:
+        # the generated detail at the original skin's contrast (cloning keeps gradients as they are)
+        reference_lab = _lab(crop)
+        reference_field = fit(reference_lab)
+        lab = _lab(source)
+        field = fit(lab)
+        gain = skin_detail_gain(lab, field, reference_lab, reference_field, skin)
+        lab = np.where(region[..., None], field + (lab - field) * gain, lab)
+        source = cv2.cvtColor(lab, cv2.COLOR_Lab2RGB) * 255.0
+    cloned = poisson_clone(source, crop, region, band_px=max(1, int(round(CLONE_BAND * size))))
+    if fit is not None:
+        # cloning pulls the face's colour towards its surroundings: give the skin back its own field
+        lab = _lab(cloned)
+        weight = face_alpha(prepared.labels, SKIN_RAMP * size)[window] * region
+        lab += (reference_field - fit(lab)) * weight[..., None]
+        cloned = cv2.cvtColor(lab, cv2.COLOR_Lab2RGB) * 255.0
+    return np.clip(cloned + 0.5, 0, 255).astype(np.uint8)
+
+
 def blend_crop(generated: np.ndarray, prepared: PreparedFace, *, method: BlendMethod = "seamless") -> np.ndarray:
     """The (S, S, 3) uint8 crop that :func:`paste_back` warps into the frame (see the module docstring).
 
@@ -248,16 +284,13 @@ def blend_crop(generated: np.ndarray, prepared: PreparedFace, *, method: BlendMe
     crop = prepared.crop
     region = prepared.region_mask > 0.5
     if method in ("seamless", "poisson"):
-        size = prepared.size
-        source = np.where(region[..., None], generated, crop)
-        cloned = poisson_clone(source, crop, region, band_px=max(1, int(round(CLONE_BAND * size))))
-        if method == "seamless":
-            shift = skin_shading_shift(cloned, crop, prepared.labels == class_id("skin"))
-            if shift is not None:
-                weight = face_alpha(prepared.labels, SKIN_RAMP * size) * region
-                lab = _lab(cloned) + shift * weight[..., None]
-                cloned = cv2.cvtColor(lab, cv2.COLOR_Lab2RGB) * 255.0
-        return np.clip(cloned + 0.5, 0, 255).astype(np.uint8)
+        out = crop.copy()
+        rect = clone_rect(region)
+        if rect is not None:  # all the work happens inside the region's bounding box
+            x1, y1, x2, y2 = rect
+            window = (slice(y1, y2), slice(x1, x2))
+            out[window] = _clone_window(generated[window], prepared, window, colour=method == "seamless")
+        return out
     if method == "lab":
         matched = match_color(generated, crop, prepared.labels == class_id("skin"))
         return np.where(region[..., None], matched, crop)  # the context keeps its colour

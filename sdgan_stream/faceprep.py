@@ -8,7 +8,11 @@ the 11-class map and the region the generator replaces. Faces that cannot be ser
 
 The replaced region is the whole face (jawline hull plus the forehead arc of
 :func:`sdgan_stream.semantic.face_outline`), dilated by ``REGION_DILATION`` eye distances: swapping only
-the inner features leaves outline, jaw and forehead, which carry identity.
+the inner features leaves outline, jaw and forehead, which carry identity. Two safety additions join it
+(privacy fails closed): a margin that grows with the head's estimated yaw (a turned head's fit is less
+sure of the far side and the forehead, :func:`turned_head_region`), and the ellipse inscribed in the
+detector's box (:func:`box_ellipse_mask`), so a face is replaced at least where detector and landmarks
+each say it is. The map the generator paints is not changed by them.
 """
 
 from __future__ import annotations

@@ -20,14 +20,13 @@ from sdgan_stream.align import (
     warp_to_image,
 )
 from sdgan_stream.blend import (
-    SKIN_RAMP,
     blend_crop,
     boundary_score,
-    face_alpha,
     feather_alpha,
     match_color,
     paste_back,
     shading_basis,
+    skin_fitter,
 )
 from sdgan_stream.faceprep import FaceFallback, PreparedFace, masked_input, prepare_face_from_landmarks, prepare_faces
 from sdgan_stream.semantic import ALWAYS_VISIBLE, class_id, mean_face_landmarks
@@ -268,25 +267,37 @@ def test_seamless_paste_leaves_no_seam(astronaut, landmarker, shift):
 
 
 def test_seamless_blend_reads_no_pixel_of_the_original_face(astronaut, landmarker):
-    """Inside the region, cloning depends on the original only outside it; the skin colour step
-    carries 18 numbers of it (a quadratic field per Lab channel), nothing finer."""
+    """Inside the region, cloning depends on the original only outside it; the skin colour steps carry
+    21 numbers of it (a quadratic Lab field and a detail spread per channel), nothing finer: another
+    "face" with the same field and spread but its own detail gives the same result."""
     prepared = _prepare(astronaut, landmarker)
     region = prepared.region_mask > 0.5
-    rng = np.random.default_rng(1)
-    other = prepared.crop.copy()
-    other[region] = rng.integers(0, 256, (int(region.sum()), 3), dtype=np.uint8)  # another "face"
-    swapped = dataclasses.replace(prepared, crop=other)
+    skin = prepared.labels == class_id("skin")
     generated = prepared.crop[:, ::-1].copy()
-    assert np.array_equal(blend_crop(generated, prepared, method="poisson"), blend_crop(generated, swapped, method="poisson"))
-    a = cv2.cvtColor(blend_crop(generated, prepared).astype(np.float32) / 255, cv2.COLOR_RGB2Lab)
-    b = cv2.cvtColor(blend_crop(generated, swapped).astype(np.float32) / 255, cv2.COLOR_RGB2Lab)
-    weight = face_alpha(prepared.labels, SKIN_RAMP * prepared.size) * region
-    core = weight > 0.999  # where the shift applies in full, the difference is the shift itself
-    basis = shading_basis(prepared.size)[core.ravel()]
-    difference = (a - b)[core]
-    residual = difference - basis @ np.linalg.lstsq(basis, difference, rcond=None)[0]
-    assert np.abs(difference).mean() > 1.0  # the two "faces" differ in skin colour...
-    assert np.abs(residual).mean() < 0.3  # ...and that is all that differs (8-bit rounding left)
+    rng = np.random.default_rng(1)
+    noise_rgb = prepared.crop.copy()
+    noise_rgb[region] = rng.integers(0, 256, (int(region.sum()), 3), dtype=np.uint8)
+    assert np.array_equal(blend_crop(generated, prepared, method="poisson"),
+                          blend_crop(generated, dataclasses.replace(prepared, crop=noise_rgb), method="poisson"))
+
+    lab = cv2.cvtColor(prepared.crop.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
+    field = skin_fitter(skin)(lab)
+    spread = (lab - field)[skin].std(0)
+    basis = shading_basis(prepared.size)[skin.ravel()]
+    detail = cv2.GaussianBlur(rng.normal(0.0, 1.0, lab.shape).astype(np.float32), (0, 0), 1.0)
+    on_skin = detail[skin]
+    on_skin -= basis @ np.linalg.lstsq(basis, on_skin, rcond=None)[0]  # no field of its own
+    detail[skin] = on_skin / on_skin.std(0) * spread  # the original's spread
+    other = lab.copy()
+    other[region] = (field + detail)[region]
+    other_rgb = prepared.crop.copy()
+    other_rgb[region] = np.clip(cv2.cvtColor(other, cv2.COLOR_Lab2RGB)[region] * 255 + 0.5, 0, 255).astype(np.uint8)
+    assert np.abs(other_rgb[skin].astype(int) - prepared.crop[skin]).mean() > 5  # a different face...
+    same = np.abs(blend_crop(generated, dataclasses.replace(prepared, crop=other_rgb)).astype(int)
+                  - blend_crop(generated, prepared).astype(int))
+    # ...the same result, within what 8-bit rounding and gamut clipping of the other face leave (a face of
+    # other statistics moves the result by ~37 levels on average)
+    assert same[region].mean() < 1.5 and np.percentile(same[region], 99) <= 6
 
 
 @pytest.mark.parametrize("scale", [0.85, 1.12])

@@ -84,8 +84,9 @@ def test_faces_the_generator_cannot_serve_are_covered(renderer: SdganRenderer) -
     image[50:60, 100:108] = 255  # a "face" 8 px wide: far too small to generate
     tiny = Face(box=np.array([100, 50, 108, 60], np.float32), score=0.9)
     outcomes = renderer.render(image, [tiny])
-    assert outcomes[0].method == "solid" and outcomes[0].reason == "too_small"
-    assert (image[52:58, 102:106] == 0).all()
+    assert outcomes[0].method == "blur" and outcomes[0].reason == "too_small"  # the default fallback cover
+    assert (image[50:60, 100:108] != 255).all()  # every pixel of the white "face" changed...
+    assert image[48, 98:110].min() > 128  # ...and spread into its surroundings: blurred, not passed through
 
 
 class _ExplodingBackend:

@@ -41,7 +41,8 @@ __all__ = [
     "rgb_to_lab",
     "seamless_blend",
     "seamless_plan",
-    "skin_shading_shift",
+    "skin_detail_gain",
+    "skin_field",
     "warp_crops",
 ]
 
@@ -295,75 +296,94 @@ def _dst(n: int, like: torch.Tensor) -> torch.Tensor:
     return matrix
 
 
-def poisson_clone(source: torch.Tensor, target: torch.Tensor, region: torch.Tensor, core: torch.Tensor,
-                  rect: tuple[int, int, int, int] | None) -> torch.Tensor:
-    """One face's gradient-domain cloning, as :func:`sdgan_stream.blend.poisson_clone`: ``source``'s
+def poisson_clone(source: torch.Tensor, target: torch.Tensor, region: torch.Tensor, core: torch.Tensor) -> torch.Tensor:
+    """One window's gradient-domain cloning, as :func:`sdgan_stream.blend.poisson_clone`: ``source``'s
     gradients inside ``core``, ``target``'s between two pixels outside ``region``, none elsewhere;
-    ``target`` fixed on ``rect``'s border. (3, S, S) tensors in, (3, S, S) out."""
+    ``target`` fixed on the window's border. (3, h, w) tensors and (h, w) masks in, (3, h, w) out."""
     out = target.clone()
-    if rect is None:
-        return out
-    x1, y1, x2, y2 = rect
-    src, tgt = source[:, y1:y2, x1:x2], target[:, y1:y2, x1:x2]
-    core_r = core[y1:y2, x1:x2]
-    outside = ~region[y1:y2, x1:x2]
-    lap = torch.zeros_like(src)
-    for axis in (1, 2):  # rows, then columns of the (3, h, w) block
-        n = src.shape[axis]
+    outside = ~region
+    lap = torch.zeros_like(source)
+    for axis in (1, 2):  # rows, then columns of the (3, h, w) window
+        n = source.shape[axis]
         ahead, here = [slice(None)] * 3, [slice(None)] * 3
         ahead[axis], here[axis] = slice(1, n), slice(0, n - 1)
-        g = torch.zeros_like(src)
+        g = torch.zeros_like(source)
         both_out = outside[tuple(ahead[1:])] & outside[tuple(here[1:])]
-        g[tuple(here)] = torch.where(core_r[tuple(here[1:])], src[tuple(ahead)] - src[tuple(here)], 0.0) + torch.where(
-            both_out, tgt[tuple(ahead)] - tgt[tuple(here)], 0.0)
+        g[tuple(here)] = torch.where(core[tuple(here[1:])], source[tuple(ahead)] - source[tuple(here)], 0.0) + torch.where(
+            both_out, target[tuple(ahead)] - target[tuple(here)], 0.0)
         lap[tuple(ahead)] += g[tuple(ahead)] - g[tuple(here)]
     lap = lap[:, 1:-1, 1:-1].clone()
-    lap[:, :, 0] -= tgt[:, 1:-1, 0]
-    lap[:, :, -1] -= tgt[:, 1:-1, -1]
-    lap[:, 0, :] -= tgt[:, 0, 1:-1]
-    lap[:, -1, :] -= tgt[:, -1, 1:-1]
+    lap[:, :, 0] -= target[:, 1:-1, 0]
+    lap[:, :, -1] -= target[:, 1:-1, -1]
+    lap[:, 0, :] -= target[:, 0, 1:-1]
+    lap[:, -1, :] -= target[:, -1, 1:-1]
     h, w = lap.shape[-2:]
     sy, sx = _dst(h, lap), _dst(w, lap)
     ky = torch.arange(1, h + 1, dtype=lap.dtype, device=lap.device)
     kx = torch.arange(1, w + 1, dtype=lap.dtype, device=lap.device)
     eig = (2.0 * torch.cos(torch.pi * ky / (h + 1)) - 2.0)[:, None] + (2.0 * torch.cos(torch.pi * kx / (w + 1)) - 2.0)[None, :]
-    out[:, y1 + 1 : y2 - 1, x1 + 1 : x2 - 1] = sy @ ((sy @ lap @ sx) / eig) @ sx
+    out[:, 1:-1, 1:-1] = sy @ ((sy @ lap @ sx) / eig) @ sx
     return out
 
 
-def skin_shading_shift(image_lab: torch.Tensor, reference_lab: torch.Tensor, skin: torch.Tensor, *,
-                       min_pixels: int = 32) -> torch.Tensor:
-    """(B, 3, S, S) Lab shift swapping each image's quadratic skin colour field for the reference's, as
-    :func:`sdgan_stream.blend.skin_shading_shift` (weighted normal equations instead of lstsq); zero for
-    faces with fewer than ``min_pixels`` skin pixels."""
+def skin_field(lab: torch.Tensor, skin: torch.Tensor, *, min_pixels: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per face, the quadratic Lab field fitted over ``skin`` (as :func:`sdgan_stream.blend.skin_fitter`,
+    by weighted normal equations): (B, 3, S, S) fields and (B,) whether the face had enough skin
+    (fields of faces that had not are zero)."""
     from ..blend import shading_basis
 
-    batch, _, size, _ = image_lab.shape
-    basis = torch.as_tensor(shading_basis(size), dtype=torch.float64, device=image_lab.device)  # (S*S, 6)
-    weight = skin.reshape(batch, -1).to(torch.float64)  # (B, S*S)
-    values = torch.cat([reference_lab, image_lab], 1).reshape(batch, 6, -1).to(torch.float64)  # (B, 6, S*S)
+    batch, _, size, _ = lab.shape
+    basis = torch.as_tensor(shading_basis(size), dtype=torch.float64, device=lab.device)  # (S*S, 6)
+    weight = skin.reshape(batch, -1).to(torch.float64)
+    values = lab.reshape(batch, 3, -1).to(torch.float64)
     normal = torch.einsum("pk,bp,pl->bkl", basis, weight, basis)
     rhs = torch.einsum("pk,bp,bcp->bkc", basis, weight, values)
     enough = weight.sum(1) >= min_pixels
-    eye = torch.eye(6, dtype=normal.dtype, device=normal.device)
-    normal = torch.where(enough[:, None, None], normal, eye)  # keep the solve defined; zeroed below
-    coeffs = torch.linalg.solve(normal, rhs)  # (B, 6, 6): 3 reference channels, then 3 image channels
-    shift = torch.einsum("pk,bkc->bcp", basis, coeffs[:, :, :3] - coeffs[:, :, 3:]).reshape(batch, 3, size, size)
-    return (shift * enough[:, None, None, None]).to(image_lab.dtype)
+    normal = torch.where(enough[:, None, None], normal, torch.eye(6, dtype=normal.dtype, device=normal.device))
+    coeffs = torch.linalg.solve(normal, rhs)  # (B, 6, 3)
+    field = torch.einsum("pk,bkc->bcp", basis, coeffs).reshape(batch, 3, size, size)
+    return (field * enough[:, None, None, None]).to(lab.dtype), enough
+
+
+def skin_detail_gain(lab: torch.Tensor, field: torch.Tensor, reference_lab: torch.Tensor, reference_field: torch.Tensor,
+                     skin: torch.Tensor) -> torch.Tensor:
+    """(B, 3, 1, 1) per-channel spread ratio of the skin's detail, reference over image, within 0.5-2x
+    (as :func:`sdgan_stream.blend.skin_detail_gain`)."""
+    weight = skin[:, None].to(lab.dtype)
+    count = weight.sum(dim=(2, 3), keepdim=True).clamp(min=1)
+
+    def spread(x: torch.Tensor) -> torch.Tensor:
+        mean = (x * weight).sum(dim=(2, 3), keepdim=True) / count
+        return ((((x - mean) ** 2) * weight).sum(dim=(2, 3), keepdim=True) / count).sqrt()
+
+    return (spread(reference_lab - reference_field) / spread(lab - field).clamp(min=1e-3)).clamp(0.5, 2.0)
 
 
 def seamless_blend(composite: torch.Tensor, crops: torch.Tensor, plan: SeamlessPlan) -> torch.Tensor:
-    """The crops to paste, (B, 3, S, S) in 0..255: cloning of ``composite`` (the generated face inside the
-    region) into ``crops`` (the original), then the skin colour shift, as ``blend.blend_crop``."""
+    """The crops to paste, (B, 3, S, S) in 0..255: the generated detail at the original skin's spread,
+    cloning of ``composite`` (the generated face inside the region) into ``crops`` (the original), then
+    the skin's colour field, as ``blend.blend_crop``."""
     device = composite.device
     region = torch.from_numpy(plan.region).to(device)
     core = torch.from_numpy(plan.core).to(device)
-    cloned = torch.stack([poisson_clone(composite[i], crops[i], region[i], core[i], plan.rects[i])
-                          for i in range(composite.shape[0])])
+    skin = torch.from_numpy(plan.skin).to(device)
+    reference_lab = rgb_to_lab(crops / 255.0)
+    reference_field, enough = skin_field(reference_lab, skin)
+    lab = rgb_to_lab((composite / 255.0).clamp(0.0, 1.0))
+    field, _ = skin_field(lab, skin)
+    gain = skin_detail_gain(lab, field, reference_lab, reference_field, skin)
+    scaled = torch.where(region[:, None] & enough[:, None, None, None], field + (lab - field) * gain, lab)
+    source = lab_to_rgb(scaled) * 255.0
+    cloned = crops.clone()
+    for i, rect in enumerate(plan.rects):  # each face's cloning on its own region's bounding box
+        if rect is not None:
+            x1, y1, x2, y2 = rect
+            w = (slice(y1, y2), slice(x1, x2))
+            cloned[i, :, w[0], w[1]] = poisson_clone(source[i, :, w[0], w[1]], crops[i, :, w[0], w[1]], region[i][w], core[i][w])
     lab = rgb_to_lab((cloned / 255.0).clamp(0.0, 1.0))
-    shift = skin_shading_shift(lab, rgb_to_lab(crops / 255.0), torch.from_numpy(plan.skin).to(device))
-    weight = torch.from_numpy(plan.skin_weight).to(device=device, dtype=lab.dtype)[:, None]
-    return lab_to_rgb(lab + shift * weight).clamp(0.0, 1.0) * 255.0
+    field, _ = skin_field(lab, skin)
+    weight = torch.from_numpy(plan.skin_weight).to(device=device, dtype=lab.dtype)[:, None] * enough[:, None, None, None]
+    return lab_to_rgb(lab + (reference_field - field) * weight).clamp(0.0, 1.0) * 255.0
 
 
 # -- the whole per-frame GPU path ------------------------------------------------------------------------
