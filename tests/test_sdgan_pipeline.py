@@ -20,7 +20,7 @@ from .conftest import audio_packets, read_frames
 
 @pytest.fixture(scope="module")
 def renderer() -> SdganRenderer:
-    return SdganRenderer.from_options(AnonymizeOptions(backend="eager", device="cpu", fallback="solid"))
+    return SdganRenderer.from_options(AnonymizeOptions(backend="eager", device="cpu"))
 
 
 def _sdgan_clip(face_clip: SyntheticClip, tmp_path: Path):
