@@ -333,7 +333,7 @@ def skin_field(lab: torch.Tensor, skin: torch.Tensor, *, min_pixels: int = 32) -
     from ..blend import shading_basis
 
     batch, _, size, _ = lab.shape
-    basis = torch.as_tensor(shading_basis(size), dtype=torch.float64, device=lab.device)  # (S*S, 6)
+    basis = torch.tensor(shading_basis(size), dtype=torch.float64, device=lab.device)  # (S*S, 6), a copy
     weight = skin.reshape(batch, -1).to(torch.float64)
     values = lab.reshape(batch, 3, -1).to(torch.float64)
     normal = torch.einsum("pk,bp,pl->bkl", basis, weight, basis)
@@ -373,7 +373,7 @@ def seamless_blend(composite: torch.Tensor, crops: torch.Tensor, plan: SeamlessP
     field, _ = skin_field(lab, skin)
     gain = skin_detail_gain(lab, field, reference_lab, reference_field, skin)
     scaled = torch.where(region[:, None] & enough[:, None, None, None], field + (lab - field) * gain, lab)
-    source = lab_to_rgb(scaled) * 255.0
+    source = lab_to_rgb(scaled).clamp(0.0, 1.0) * 255.0  # cv2's float Lab -> RGB clips the same way
     cloned = crops.clone()
     for i, rect in enumerate(plan.rects):  # each face's cloning on its own region's bounding box
         if rect is not None:
