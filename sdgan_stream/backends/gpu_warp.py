@@ -262,18 +262,14 @@ class SeamlessPlan:
 
 
 def seamless_plan(faces: Sequence[PreparedFace]) -> SeamlessPlan:
-    import cv2
-
-    from ..blend import CLONE_BAND, SKIN_RAMP, clone_rect, face_alpha
+    from ..blend import SKIN_RAMP, clone_core, clone_rect, face_alpha
     from ..semantic import class_id
 
     regions = np.stack([f.region_mask > 0.5 for f in faces])
     size = regions.shape[-1]
-    band = max(1, int(round(CLONE_BAND * size)))
-    kernel = np.ones((3, 3), np.uint8)
     return SeamlessPlan(
         region=regions,
-        core=np.stack([cv2.erode(r.astype(np.uint8), kernel, iterations=band) > 0 for r in regions]),
+        core=np.stack([clone_core(r, size) for r in regions]),
         skin=np.stack([f.labels == class_id("skin") for f in faces]),
         skin_weight=np.stack([face_alpha(f.labels, SKIN_RAMP * size) * r for f, r in zip(faces, regions)]),
         rects=[clone_rect(r) for r in regions],
