@@ -59,6 +59,7 @@ __all__ = [
     "SKIN_RAMP",
     "blend_crop",
     "boundary_score",
+    "clone_core",
     "clone_rect",
     "dst_matrix",
     "face_alpha",
@@ -136,12 +137,17 @@ def clone_rect(region: np.ndarray) -> tuple[int, int, int, int] | None:
     return (x1, y1, x2, y2) if x2 - x1 >= 3 and y2 - y1 >= 3 else None
 
 
-def _guidance_laplacian(source: np.ndarray, target: np.ndarray, region: np.ndarray, band_px: int) -> np.ndarray:
-    """Divergence of the guidance field: ``source``'s forward gradients inside the region shrunk by
-    ``band_px``, ``target``'s between two pixels outside the region, zero elsewhere."""
-    inside = (region > 0.5).astype(np.uint8)
-    core = cv2.erode(inside, np.ones((3, 3), np.uint8), iterations=band_px).astype(bool) if band_px > 0 else inside > 0
-    outside = inside == 0
+def clone_core(region: np.ndarray, size: int) -> np.ndarray:
+    """Bool mask: ``region`` less the ``CLONE_BAND`` along its edge (in px of a ``size`` crop), where
+    cloning follows the generated face's gradients."""
+    band_px = max(1, int(round(CLONE_BAND * size)))
+    return cv2.erode((np.asarray(region) > 0.5).astype(np.uint8), np.ones((3, 3), np.uint8), iterations=band_px) > 0
+
+
+def _guidance_laplacian(source: np.ndarray, target: np.ndarray, region: np.ndarray, core: np.ndarray) -> np.ndarray:
+    """Divergence of the guidance field: ``source``'s forward gradients inside ``core``, ``target``'s
+    between two pixels outside ``region``, zero elsewhere."""
+    outside = ~(np.asarray(region) > 0.5)
     lap = np.zeros(source.shape, np.float64)
     for axis in (0, 1):
         gs, gt = np.zeros_like(lap), np.zeros_like(lap)
@@ -156,15 +162,16 @@ def _guidance_laplacian(source: np.ndarray, target: np.ndarray, region: np.ndarr
     return lap
 
 
-def poisson_clone(source: np.ndarray, target: np.ndarray, region: np.ndarray, *, band_px: int) -> np.ndarray:
-    """Gradient-domain cloning of ``source`` into ``target`` over ``region`` ((h, w, 3), (h, w, 3), (h, w)).
+def poisson_clone(source: np.ndarray, target: np.ndarray, region: np.ndarray, core: np.ndarray) -> np.ndarray:
+    """Gradient-domain cloning of ``source`` into ``target`` over ``region`` ((h, w, 3), (h, w, 3), (h, w)),
+    guided by ``source`` inside ``core`` (:func:`clone_core`).
 
     Solves the Poisson equation with the guidance of :func:`_guidance_laplacian` and ``target`` fixed on
     the arrays' border (pass the window :func:`clone_rect` cuts); a DST-I diagonalizes the 5-point
     Laplacian there. Returns float64 (h, w, 3).
     """
     out = target.astype(np.float64)
-    lap = _guidance_laplacian(source.astype(np.float64), out, region, band_px)[1:-1, 1:-1]
+    lap = _guidance_laplacian(source.astype(np.float64), out, region, core)[1:-1, 1:-1]
     # the fixed border's share of each interior pixel's 5-point Laplacian moves to the right-hand side
     lap[:, 0] -= out[1:-1, 0]
     lap[:, -1] -= out[1:-1, -1]
@@ -264,7 +271,7 @@ def _clone_window(generated: np.ndarray, prepared: PreparedFace, window: tuple[s
         gain = skin_detail_gain(lab, field, reference_lab, reference_field, skin)
         lab = np.where(region[..., None], field + (lab - field) * gain, lab)
         source = cv2.cvtColor(lab, cv2.COLOR_Lab2RGB) * 255.0
-    cloned = poisson_clone(source, crop, region, band_px=max(1, int(round(CLONE_BAND * size))))
+    cloned = poisson_clone(source, crop, region, clone_core(prepared.region_mask, size)[window])
     if fit is not None:
         # cloning pulls the face's colour towards its surroundings: give the skin back its own field
         lab = _lab(cloned)

@@ -262,18 +262,14 @@ class SeamlessPlan:
 
 
 def seamless_plan(faces: Sequence[PreparedFace]) -> SeamlessPlan:
-    import cv2
-
-    from ..blend import CLONE_BAND, SKIN_RAMP, clone_rect, face_alpha
+    from ..blend import SKIN_RAMP, clone_core, clone_rect, face_alpha
     from ..semantic import class_id
 
     regions = np.stack([f.region_mask > 0.5 for f in faces])
     size = regions.shape[-1]
-    band = max(1, int(round(CLONE_BAND * size)))
-    kernel = np.ones((3, 3), np.uint8)
     return SeamlessPlan(
         region=regions,
-        core=np.stack([cv2.erode(r.astype(np.uint8), kernel, iterations=band) > 0 for r in regions]),
+        core=np.stack([clone_core(r, size) for r in regions]),
         skin=np.stack([f.labels == class_id("skin") for f in faces]),
         skin_weight=np.stack([face_alpha(f.labels, SKIN_RAMP * size) * r for f, r in zip(faces, regions)]),
         rects=[clone_rect(r) for r in regions],
@@ -333,7 +329,7 @@ def skin_field(lab: torch.Tensor, skin: torch.Tensor, *, min_pixels: int = 32) -
     from ..blend import shading_basis
 
     batch, _, size, _ = lab.shape
-    basis = torch.as_tensor(shading_basis(size), dtype=torch.float64, device=lab.device)  # (S*S, 6)
+    basis = torch.tensor(shading_basis(size), dtype=torch.float64, device=lab.device)  # (S*S, 6), a copy
     weight = skin.reshape(batch, -1).to(torch.float64)
     values = lab.reshape(batch, 3, -1).to(torch.float64)
     normal = torch.einsum("pk,bp,pl->bkl", basis, weight, basis)
@@ -373,7 +369,7 @@ def seamless_blend(composite: torch.Tensor, crops: torch.Tensor, plan: SeamlessP
     field, _ = skin_field(lab, skin)
     gain = skin_detail_gain(lab, field, reference_lab, reference_field, skin)
     scaled = torch.where(region[:, None] & enough[:, None, None, None], field + (lab - field) * gain, lab)
-    source = lab_to_rgb(scaled) * 255.0
+    source = lab_to_rgb(scaled).clamp(0.0, 1.0) * 255.0  # cv2's float Lab -> RGB clips the same way
     cloned = crops.clone()
     for i, rect in enumerate(plan.rects):  # each face's cloning on its own region's bounding box
         if rect is not None:
