@@ -86,7 +86,6 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DetectionCheck",
-    "DlibJudge",
     "FaceMeasure",
     "FacePositions",
     "Gallery",
@@ -149,36 +148,13 @@ class Judge(Protocol):
     def distances(self, a: np.ndarray, b: np.ndarray) -> np.ndarray: ...
 
 
-class DlibJudge:
-    """dlib's 128-D embedding as a :class:`Judge`, on the evaluator's own :class:`FaceRecognizer`
-    (one model load serves the detection check and the judge). Euclidean distance, same person < 0.6."""
-
-    name = "dlib"
-    same_person_distance = SAME_PERSON_DISTANCE
-
-    def __init__(self, recognizer: FaceRecognizer) -> None:
-        self._recognizer = recognizer
-
-    def embed(self, image: np.ndarray, landmarks68: np.ndarray) -> np.ndarray:
-        points = np.asarray(landmarks68, np.float32).reshape(-1, 68, 2)
-        if not len(points):
-            return np.zeros((0, 128), np.float32)
-        return np.stack([self._recognizer.embed(image, p) for p in points])
-
-    def distances(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return np.linalg.norm(np.asarray(a)[:, None, :] - np.asarray(b)[None, :, :], axis=2)
-
-
 def load_judge(name: str = "dlib", model: str | Path | None = None, *, recognizer: FaceRecognizer | None = None) -> Judge:
     """The identity judge: dlib on ``recognizer`` (built if not given) by default; any other name, or a
     ``model`` file (which implies insightface), comes from the identity guard's ``load_recognizer``."""
+    from .identity_guard import DlibRecognizer, load_recognizer
+
     if name == "dlib" and model is None:
-        return DlibJudge(recognizer or FaceRecognizer())
-    try:
-        from .identity_guard import load_recognizer
-    except ImportError as exc:
-        wanted = "insightface" if model is not None else name
-        raise WeightsError(f"the {wanted} recognizer needs sdgan_stream.identity_guard, which this installation lacks") from exc
+        return DlibRecognizer(recognizer=recognizer or FaceRecognizer())  # one model load serves judge and detection check
     return load_recognizer(name, model)
 
 
@@ -666,7 +642,7 @@ def evaluate_videos(
     if detection_check not in ("hog", "cnn"):
         raise ValueError(f"unknown detection check {detection_check!r}; choose hog or cnn")
     recognizer = recognizer or FaceRecognizer(detector=detection_check)
-    judge = judge or DlibJudge(recognizer)
+    judge = judge or load_judge(recognizer=recognizer)
     landmarks = _landmark_detector()
     unchecked = copy.copy(landmarks)  # shares the predictor
     unchecked.check = False

@@ -81,10 +81,11 @@ class DlibRecognizer:
     same_person_distance = 0.6
     default_min_distance = 0.70
 
-    def __init__(self, *, models_dir: str | Path | None = None) -> None:
+    def __init__(self, *, models_dir: str | Path | None = None, recognizer=None) -> None:
+        """``recognizer``: an already loaded :class:`~sdgan_stream.recognizer.FaceRecognizer` to share."""
         from .recognizer import FaceRecognizer
 
-        self._recognizer = FaceRecognizer(models_dir=models_dir)
+        self._recognizer = recognizer if recognizer is not None else FaceRecognizer(models_dir=models_dir)
 
     def embed(self, image: np.ndarray, landmarks68: np.ndarray) -> np.ndarray:
         points = np.asarray(landmarks68, np.float32).reshape(-1, 68, 2)
