@@ -61,7 +61,9 @@ class AnonymizeOptions:
     frame_path: str = "auto"  # sdgan pre/post-processing: auto (GPU when the generator is on CUDA) | host | device
     detector_provider: str | None = None  # onnxruntime execution provider for the detector
     # -- recall (issue 14): how many looks the detector takes at each frame; see detect_passes.py
-    tile_size: tuple[int, int] | None = (1920, 1088)  # largest detector call; larger frames: tiles + the whole frame shrunk
+    # One call up to 4K (on CPU it cost 24% less than 1920x1088 tiles, with the same recall); larger frames
+    # are tiled so one call's memory stays bounded.
+    tile_size: tuple[int, int] | None = (3840, 2160)  # largest detector call; larger frames: tiles + the whole frame shrunk
     border: float = 0.02  # mirrored pad on the frame edges (fraction of the shorter side): border-cut faces
     rotation_every: int = 1  # one quarter-turned pass (90/180/270 in turn) every N frames; 0 = none
     detector_model: str | None = None  # SCRFD .onnx file or insightface model pack; None = CenterFace

@@ -244,6 +244,10 @@ class MultiPassDetector:
         self.turned_min_score = turned_min_score
         self._frame = 0
         self._plans: dict[tuple[int, int], list[DetectorPass]] = {}
+        scale = "at full resolution" if detect_size is None else f"shrunk into {detect_size[0]}x{detect_size[1]}"
+        tiles = "never tiled" if tile_size is None else f"tiled above {tile_size[0]}x{tile_size[1]}"
+        turns = f"a quarter turn every {self.rotation_every} frame(s)" if self.rotation_every else "no turns"
+        log.info("detector passes: frames %s, %s, border pad %g, %s", scale, tiles, border, turns)
 
     @property
     def threshold(self) -> float:
