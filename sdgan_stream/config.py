@@ -61,7 +61,7 @@ class AnonymizeOptions:
     frame_path: str = "auto"  # sdgan pre/post-processing: auto (GPU when the generator is on CUDA) | host | device
     detector_provider: str | None = None  # onnxruntime execution provider for the detector
     # -- recall (issue 14): how many looks the detector takes at each frame; see detect_passes.py
-    # One call up to 4K (on CPU it cost 24% less than 1920x1088 tiles, with the same recall); larger frames
+    # One call up to 4K (on CPU it cost 24-28% less than 1920x1088 tiles, with the same recall); larger frames
     # are tiled so one call's memory stays bounded.
     tile_size: tuple[int, int] | None = (3840, 2160)  # largest detector call; larger frames: tiles + the whole frame shrunk
     border: float = 0.02  # mirrored pad on the frame edges (fraction of the shorter side): border-cut faces
