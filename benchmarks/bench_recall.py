@@ -193,11 +193,16 @@ def run_speed(*, frames: int, sizes: list[str]) -> dict[str, Any]:
 
 # -- report ---------------------------------------------------------------------------------------
 def _label_key(label: str) -> tuple:
-    parts = []
+    """Cells in a readable order: resolutions as listed, then numbers by value, then names."""
+    key = []
     for part in label.split("/"):
-        digits = "".join(c for c in part if c.isdigit() or c == ".")
-        parts.append((0, float(digits)) if digits and digits[0].isdigit() and part[0].isdigit() else (1, part))
-    return tuple(parts)
+        if part in recall.RESOLUTIONS:
+            key.append((0, list(recall.RESOLUTIONS).index(part), ""))
+        elif part[:1].isdigit():
+            key.append((1, float("".join(c for c in part if c.isdigit() or c == ".")), ""))
+        else:
+            key.append((2, 0.0, part))
+    return tuple(key)
 
 
 def render_markdown(result: dict[str, Any]) -> str:
@@ -274,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "photos": str(args.photos) if args.photos else "in-package (astronaut, grace_hopper)",
         "library_faces": len(faces),
+        "library": [face.name for face in faces],  # photo stem # face index, largest first
         "defaults": _defaults(),
         "found_rule": {"face": recall.FOUND_FACE, "eye": recall.FOUND_EYE},
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),

@@ -1,9 +1,17 @@
+import importlib.util
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from sdgan_stream.config import AnonymizeOptions
 from sdgan_stream.detect import CenterFaceDetector, nms
-from sdgan_stream.errors import BackendUnavailableError
+from sdgan_stream.detect_passes import TURNED_MIN_SCORE, MultiPassDetector, merge_detections, plan_main_passes
+from sdgan_stream.detect_scrfd import ScrfdDetector, resolve_scrfd_model
+from sdgan_stream.errors import BackendUnavailableError, WeightsError
 from sdgan_stream.samples import face_photos
+from sdgan_stream.types import Detections
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -63,8 +71,6 @@ def test_nms_keeps_the_best_of_overlapping_boxes() -> None:
 
 
 # -- passes: tiles, border pad, quarter turns (sdgan_stream.detect_passes) ------------------------
-from sdgan_stream.detect_passes import MultiPassDetector, merge_detections, plan_main_passes  # noqa: E402
-from sdgan_stream.types import Detections  # noqa: E402
 
 
 def _canvas_with(image: np.ndarray, size: tuple[int, int], at: tuple[int, int]) -> np.ndarray:
@@ -181,15 +187,6 @@ def test_passes_reject_nonsense() -> None:
 
 
 # -- SCRFD (optional detector; sdgan_stream.detect_scrfd) -----------------------------------------
-import importlib.util  # noqa: E402
-import os  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from sdgan_stream.config import AnonymizeOptions  # noqa: E402
-from sdgan_stream.detect_scrfd import ScrfdDetector, resolve_scrfd_model  # noqa: E402
-from sdgan_stream.errors import WeightsError  # noqa: E402
-
-
 def _scrfd_like_model(path: Path, *, batched: bool = False) -> Path:
     """An ONNX graph with SCRFD's interface (3 strides x 2 anchors, scores/boxes/keypoints) whose
     outputs are simple functions of the image: score = mean red level of the cell (-1..1) x a gain
@@ -330,8 +327,6 @@ class _FaceWhenTurnedOver:
 
 @pytest.mark.parametrize("margin, kept", [(-0.05, 0), (0.05, 1)])
 def test_only_confident_detections_count_from_turned_views(margin: float, kept: int) -> None:
-    from sdgan_stream.detect_passes import TURNED_MIN_SCORE
-
     frame = np.zeros((100, 200, 3), np.uint8)
     frame[0, 0] = 255
     detector = MultiPassDetector(_FaceWhenTurnedOver(TURNED_MIN_SCORE + margin), rotations=(180,), rotation_every=1)
