@@ -26,6 +26,7 @@ Writes ``benchmarks/results/recall.json`` and ``recall.md`` (``--out`` to change
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -44,7 +45,7 @@ from sdgan_stream.config import AnonymizeOptions
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # deface's settings for our pipeline: its threshold, full size, no extra passes.
-DEFACE_SETTINGS = dict(threshold=0.2, low_threshold=0.1, detect_size=None, border=0.0, rotation_every=0)
+DEFACE_SETTINGS = dict(threshold=0.2, low_threshold=0.1, detect_size=None, tile_size=None, border=0.0, rotation_every=0)
 # The full run: one frame per scene (recall of a face at first sight), three where the quarter-turn
 # schedule (one turn per frame) must come round.
 FULL = {
@@ -82,7 +83,7 @@ def machine() -> dict[str, Any]:
 
 def _defaults() -> dict[str, Any]:
     d = AnonymizeOptions()
-    return {"threshold": d.threshold, "low_threshold": d.low_threshold, "detect_size": d.detect_size, "tiles": d.tiles,
+    return {"threshold": d.threshold, "low_threshold": d.low_threshold, "detect_size": d.detect_size, "tile_size": d.tile_size,
             "border": d.border, "rotation_every": d.rotation_every}
 
 
@@ -111,7 +112,8 @@ def run_recall(faces: list[recall.LibraryFace], conditions: list[str], *, quick:
             found = [r.found for r in results[system.name]]
             print(f"  {system.name}: {np.mean(found):.3f} of {len(found)} face-frames", file=sys.stderr, flush=True)
     for name, rows in over.items():
-        out["over_cover"][name] = {c: round(float(np.mean([v for cc, v in rows if cc == c])), 5) for c in conditions}
+        named = dict.fromkeys(c for c, _ in rows)  # scene conditions (effects scenes are motion_blur, dark, backlit)
+        out["over_cover"][name] = {c: round(float(np.mean([v for cc, v in rows if cc == c])), 5) for c in named}
     for system in systems:
         by_size: dict[str, list[float]] = {}
         for (w, h), ms in system.detect_ms:
@@ -127,11 +129,12 @@ def run_costs(faces: list[recall.LibraryFace], *, repeats: int) -> dict[str, Any
 
     d = AnonymizeOptions()
     steps = [
-        ("shrunk into 960x960, threshold 0.4 (the old defaults)", dict(detect_size=(960, 960), tiles=False, border=0.0, rotation_every=0)),
-        ("full size / tiles, no border, no turns", dict(border=0.0, rotation_every=0)),
-        (f"+ border pad {d.border:g}", dict(rotation_every=0)),
-        (f"+ a quarter turn every {max(d.rotation_every, 1)} frame(s) (the defaults)" if d.rotation_every else "+ a quarter turn every frame",
-         dict(rotation_every=max(d.rotation_every, 1))),
+        ("shrunk into 960x960 (the old default)", dict(detect_size=(960, 960), tile_size=None, border=0.0, rotation_every=0)),
+        ("full resolution in one call (deface's setting)", dict(tile_size=None, border=0.0, rotation_every=0)),
+        ("... in 1920x1088 tiles + the whole frame shrunk into one, instead", dict(tile_size=(1920, 1088), border=0.0, rotation_every=0)),
+        (f"full resolution + border pad {d.border:g}", dict(tile_size=None, rotation_every=0)),
+        (f"+ a quarter turn every {d.rotation_every or 1} frame(s)", dict(tile_size=None, rotation_every=d.rotation_every or 1)),
+        ("the defaults", {}),
     ]
     out: dict[str, Any] = {}
     for res in ("720p", "1080p", "4K"):
@@ -139,8 +142,9 @@ def run_costs(faces: list[recall.LibraryFace], *, repeats: int) -> dict[str, Any
         image, _ = scene.render(faces, 0)
         row = {}
         for name, over in steps:
-            detector = build_detector(d.with_overrides(**over))
-            detector.detect(image)  # warm-up (session, plans)
+            detector = build_detector(dataclasses.replace(d, **over))
+            for _ in range(3):  # warm-up: session, plans, each turn's input shape
+                detector.detect(image)
             times = []
             for _ in range(repeats):
                 start = time.perf_counter()
@@ -156,7 +160,8 @@ def run_costs(faces: list[recall.LibraryFace], *, repeats: int) -> dict[str, Any
 _OURS_CHILD = """
 import json, sys
 from sdgan_stream import anonymize_video
-report = anonymize_video(sys.argv[1], sys.argv[2], **json.loads(sys.argv[3]))
+from sdgan_stream.config import AnonymizeOptions
+report = anonymize_video(sys.argv[1], sys.argv[2], options=AnonymizeOptions(**json.loads(sys.argv[3])))
 print(json.dumps({"fps": report.fps, "frames": report.frames}))
 """
 
@@ -188,11 +193,16 @@ def run_speed(*, frames: int, sizes: list[str]) -> dict[str, Any]:
 
 # -- report ---------------------------------------------------------------------------------------
 def _label_key(label: str) -> tuple:
-    parts = []
+    """Cells in a readable order: resolutions as listed, then numbers by value, then names."""
+    key = []
     for part in label.split("/"):
-        digits = "".join(c for c in part if c.isdigit() or c == ".")
-        parts.append((0, float(digits)) if digits and digits[0].isdigit() and part[0].isdigit() else (1, part))
-    return tuple(parts)
+        if part in recall.RESOLUTIONS:
+            key.append((0, list(recall.RESOLUTIONS).index(part), ""))
+        elif part[:1].isdigit():
+            key.append((1, float("".join(c for c in part if c.isdigit() or c == ".")), ""))
+        else:
+            key.append((2, 0.0, part))
+    return tuple(key)
 
 
 def render_markdown(result: dict[str, Any]) -> str:
@@ -225,7 +235,8 @@ def render_markdown(result: dict[str, Any]) -> str:
     if result.get("costs"):
         costs = result["costs"]
         steps = list(next(iter(costs.values())))
-        lines.append("Detector cost per frame of each recall feature (median ms, added in turn):")
+        lines.append(f"Detector cost per frame of each recall feature (median ms of {result['cost_repeats']}, features added in turn; "
+                     "frames of 6 faces of 32 px):")
         lines.append("")
         lines.append("| feature | " + " | ".join(costs) + " |")
         lines.append("|---|" + "---|" * len(costs))
@@ -268,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "photos": str(args.photos) if args.photos else "in-package (astronaut, grace_hopper)",
         "library_faces": len(faces),
+        "library": [face.name for face in faces],  # photo stem # face index, largest first
         "defaults": _defaults(),
         "found_rule": {"face": recall.FOUND_FACE, "eye": recall.FOUND_EYE},
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
@@ -277,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         result["recall"] = run_recall(faces, conditions, quick=args.quick, frames=args.frames)
     if args.costs:
         result["costs"] = run_costs(faces, repeats=args.repeats)
+        result["cost_repeats"] = args.repeats
     if args.speed:
         result["speed"] = run_speed(frames=args.speed_frames, sizes=[s for s in args.speed.split(",") if s])
     result["machine"]["load_at_end"] = round(os.getloadavg()[0], 2)

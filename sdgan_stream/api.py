@@ -61,7 +61,7 @@ def build_detector(options: AnonymizeOptions, *, intra_op_threads: int = 0) -> M
     else:
         network = CenterFaceDetector(threshold=threshold, detect_size=None, provider=options.detector_provider,
                                      intra_op_threads=intra_op_threads)
-    return MultiPassDetector(network, detect_size=options.detect_size, tiles=options.tiles, border=options.border,
+    return MultiPassDetector(network, detect_size=options.detect_size, tile_size=options.tile_size, border=options.border,
                              rotation_every=options.rotation_every)
 
 

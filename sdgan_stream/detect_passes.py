@@ -6,9 +6,10 @@ faces in the pixels it is given (:class:`FaceDetector`) and runs it as several *
 the frame (a region, a scale, a reflected border pad, a quarter turn) whose detections are mapped back
 to frame pixels and merged:
 
-- **main passes, every frame**: the frame at full resolution when it fits the ``detect_size`` budget;
-  a larger frame in overlapping tiles of that size at full resolution plus the whole frame shrunk into
-  it (for faces larger than the tile overlap); or, with ``tiles=False``, only the shrunk frame.
+- **main passes, every frame**: the frame at the detection scale (full resolution, or shrunk into
+  ``detect_size``) in one call when it fits ``tile_size``; a larger one in overlapping tiles of that
+  size at the detection scale, plus the whole frame shrunk into one tile (for faces larger than the
+  tile overlap, which a tile seam may cut).
 - **a border pad**: every main pass sees its frame edges mirrored outwards by ``border`` of the frame's
   shorter side, so a face cut by the border still has its centre, and a face-like context, inside the
   network's view (CenterFace finds a face by its centre).
@@ -21,7 +22,7 @@ from an upright pass on a turned face has the wrong shape; the union contains th
 
 >>> import numpy as np
 >>> from sdgan_stream.detect import CenterFaceDetector
->>> detector = MultiPassDetector(CenterFaceDetector(threshold=0.3, detect_size=None), detect_size=(640, 640))
+>>> detector = MultiPassDetector(CenterFaceDetector(threshold=0.3, detect_size=None), tile_size=(640, 640))
 >>> len(detector.detect(np.zeros((360, 640, 3), np.uint8)))
 0
 """
@@ -42,8 +43,12 @@ from .types import Detections
 log = logging.getLogger(__name__)
 
 _SHRUNK_MIN_FACE = 32  # px: faces at least this wide are found in a shrunk view (20 px and up were, measured)
+# Turned views found false faces at 0.1-0.26 around real ones (upside-down mouth and chin) on the test
+# suite's 640x360 clip, while faces turned 90/180/270 degrees scored 0.73-0.93 in the view that makes them
+# upright (rotation scenes of benchmarks/bench_recall.py); faces turned 45 degrees score lower in every view.
+TURNED_MIN_SCORE = 0.3
 
-__all__ = ["DetectorPass", "FaceDetector", "MultiPassDetector", "merge_detections", "plan_main_passes"]
+__all__ = ["TURNED_MIN_SCORE", "DetectorPass", "FaceDetector", "MultiPassDetector", "merge_detections", "plan_main_passes"]
 
 
 class FaceDetector(Protocol):
@@ -89,31 +94,29 @@ def plan_main_passes(
     width: int,
     height: int,
     *,
-    detect_size: tuple[int, int] | None,
-    tiles: bool = True,
+    detect_size: tuple[int, int] | None = None,
+    tile_size: tuple[int, int] | None = None,
     border: float = 0.0,
 ) -> list[DetectorPass]:
     """The passes run on every frame of this size (see the module docstring).
 
-    >>> [p.region for p in plan_main_passes(3840, 2160, detect_size=(1920, 1088))]
+    >>> [p.region for p in plan_main_passes(3840, 2160, tile_size=(1920, 1088))]
     [(0, 0, 3840, 2160), (0, 0, 1984, 1144), (1856, 0, 3840, 1144), (0, 1016, 1984, 2160), (1856, 1016, 3840, 2160)]
     """
     pad = round(border * min(width, height))
-    scale = _fit_scale(width, height, detect_size)
-    whole = DetectorPass((0, 0, width, height), scale, round(pad * scale))
-    if scale == 1.0 or not tiles or detect_size is None:
-        return [whole]
-    tile_w, tile_h = detect_size
+    scale = _fit_scale(width, height, detect_size)  # the scale faces are detected at
+    whole = (0, 0, width, height)
+    if tile_size is None or (width * scale <= tile_size[0] and height * scale <= tile_size[1]):
+        return [DetectorPass(whole, scale, round(pad * scale))]
+    shrink = _fit_scale(width, height, tile_size)  # the whole frame in one call, for faces cut by tile seams
+    tile_w, tile_h = tile_size[0] / scale, tile_size[1] / scale  # a tile, in frame pixels
     # Neighbouring tiles overlap by more than any face too small for the shrunk whole-frame pass to
-    # find (~32 px there, so 32 / scale here): such a face lies whole in some tile. Larger faces cut by
-    # a tile seam are the shrunk pass's.
-    overlap_px = min(math.ceil(_SHRUNK_MIN_FACE / scale), min(tile_w, tile_h) // 2)
-    columns = _splits(width, tile_w, overlap_px)
-    rows = _splits(height, tile_h, overlap_px)
-    passes = [whole]
-    for y1, y2 in rows:
-        for x1, x2 in columns:
-            passes.append(DetectorPass((x1, y1, x2, y2), 1.0, pad))
+    # find (~32 px there, so 32 / shrink here): such a face lies whole in some tile.
+    overlap = min(math.ceil(_SHRUNK_MIN_FACE / shrink), int(min(tile_w, tile_h)) // 2)
+    passes = [DetectorPass(whole, shrink, round(pad * shrink))]
+    for y1, y2 in _splits(height, int(tile_h), overlap):
+        for x1, x2 in _splits(width, int(tile_w), overlap):
+            passes.append(DetectorPass((x1, y1, x2, y2), scale, round(pad * scale)))
     return passes
 
 
@@ -202,12 +205,14 @@ class MultiPassDetector:
     Args:
         detector: finds upright faces at the scale of the image it is handed (e.g. a
             ``CenterFaceDetector(detect_size=None)``).
-        detect_size: (width, height) budget of one network call; ``None`` = the whole frame at full size.
-        tiles: frames larger than the budget are detected at full resolution in tiles (plus the shrunk
-            whole frame); ``False`` = the shrunk whole frame only (faster, misses small faces).
+        detect_size: (width, height) the frame is shrunk into before detection (speed; small faces are
+            lost); ``None`` = full resolution.
+        tile_size: largest (width, height) of one network call; a larger frame (at the detection scale)
+            is detected in overlapping tiles plus once shrunk into one tile; ``None`` = never tiled.
         border: mirrored pad on the frame edges, as a fraction of the frame's shorter side.
         rotations: quarter turns (90, 180, 270) tried on a schedule, one per ``rotation_every`` frames.
         rotation_every: frames between two scheduled turns; 0 = no turns.
+        turned_min_score: least score of a detection from a turned view (see :data:`TURNED_MIN_SCORE`).
     """
 
     def __init__(
@@ -215,10 +220,11 @@ class MultiPassDetector:
         detector: FaceDetector,
         *,
         detect_size: tuple[int, int] | None = None,
-        tiles: bool = True,
+        tile_size: tuple[int, int] | None = None,
         border: float = 0.0,
         rotations: Sequence[int] = (90, 180, 270),
         rotation_every: int = 1,
+        turned_min_score: float = TURNED_MIN_SCORE,
     ) -> None:
         if any(r % 90 or not 0 < r < 360 for r in rotations):
             raise ValueError(f"rotations must be among 90, 180, 270, got {tuple(rotations)}")
@@ -226,14 +232,22 @@ class MultiPassDetector:
             raise ValueError(f"border must be in [0, 0.5], got {border}")
         if rotation_every < 0:
             raise ValueError(f"rotation_every must be >= 0, got {rotation_every}")
+        for name, size in (("detect size", detect_size), ("tile size", tile_size)):
+            if size is not None and min(size) < 32:
+                raise ValueError(f"{name} must be at least 32x32, got {size[0]}x{size[1]}")
         self.detector = detector
         self.detect_size = detect_size
-        self.tiles = tiles
+        self.tile_size = tile_size
         self.border = border
         self.rotations = tuple(rotations)
         self.rotation_every = rotation_every if self.rotations else 0
+        self.turned_min_score = turned_min_score
         self._frame = 0
         self._plans: dict[tuple[int, int], list[DetectorPass]] = {}
+        scale = "at full resolution" if detect_size is None else f"shrunk into {detect_size[0]}x{detect_size[1]}"
+        tiles = "never tiled" if tile_size is None else f"tiled above {tile_size[0]}x{tile_size[1]}"
+        turns = f"a quarter turn every {self.rotation_every} frame(s)" if self.rotation_every else "no turns"
+        log.info("detector passes: frames %s, %s, border pad %g, %s", scale, tiles, border, turns)
 
     @property
     def threshold(self) -> float:
@@ -247,7 +261,7 @@ class MultiPassDetector:
         """Every pass run on frame number ``frame`` of this size."""
         plan = self._plans.get((width, height))
         if plan is None:
-            plan = plan_main_passes(width, height, detect_size=self.detect_size, tiles=self.tiles, border=self.border)
+            plan = plan_main_passes(width, height, detect_size=self.detect_size, tile_size=self.tile_size, border=self.border)
             self._plans[(width, height)] = plan
         passes = list(plan)
         if self.rotation_every and frame % self.rotation_every == 0:
@@ -264,7 +278,12 @@ class MultiPassDetector:
         found = []
         for spec in passes:
             view, matrix = _view(image, spec)
-            found.append(_map_back(self.detector.detect(view), matrix))
+            seen = self.detector.detect(view)
+            if spec.rotation and len(seen):
+                # A turned view offers the network new false faces (an upside-down mouth and nose), while a
+                # face that really is turned looks upright there and scores like one: keep confident ones.
+                seen = seen.select(seen.scores >= max(self.turned_min_score, self.threshold))
+            found.append(_map_back(seen, matrix))
         merged = merge_detections(_concat(found))
         return _inside(merged, width, height)
 

@@ -1,8 +1,8 @@
 """Recall with exact ground truth: real faces pasted onto frames, then checked after the pipeline.
 
-A *face library* is cut from real photos (the training allow-list: the two in-package photos by
-default, or a folder of allowed photos); each face's box and five landmarks are measured once on the
-full-resolution photo. A *scene* pastes library faces onto a synthetic background at a chosen width,
+A *face library* is cut from real photos of the training allow-list (the two in-package photos, plus
+a folder of allow-list photos when given); each face's box and five landmarks are measured once on
+the full-resolution photo. A *scene* pastes library faces onto a synthetic background at a chosen width,
 in-plane angle, position (possibly cut by the frame border), brightness, and with frame effects
 (motion blur, darkness, sensor noise). Because the paste is ours, every face's pixels are known
 exactly: :class:`FaceTruth` holds the face ellipse and the two eye discs warped into the frame.
@@ -40,16 +40,33 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "CONDITIONS",
     "FOUND_EYE",
     "FOUND_FACE",
+    "RESOLUTIONS",
+    "DefaceSystem",
+    "FaceResult",
     "FaceTruth",
     "FrameEffects",
     "LibraryFace",
+    "PipelineSystem",
     "Placement",
     "Scene",
+    "System",
+    "border_scenes",
+    "changed_mask",
     "coverage",
+    "crowd_scenes",
+    "effect_scenes",
     "face_library",
     "is_found",
+    "over_cover",
+    "rotation_scenes",
+    "run_scenes",
+    "score_frame",
+    "size_scenes",
+    "summarize",
+    "yaw_scenes",
 ]
 
 FOUND_FACE = 0.9  # fraction of the visible face ellipse that must be covered
@@ -387,10 +404,10 @@ RESOLUTIONS: dict[str, tuple[int, int]] = {"720p": (1280, 720), "1080p": (1920, 
 HEAD = 1.9  # a pasted head (face + hair + neck margin) is about this many face widths across
 
 
-def _grid(size: tuple[int, int], cell: float, rng: np.random.Generator, *, margin: float = 0.0) -> list[tuple[float, float]]:
-    """Centres of a shuffled grid of ``cell``-sized cells inside the frame (``margin`` px kept clear)."""
+def _grid(size: tuple[int, int], cell: float, rng: np.random.Generator) -> list[tuple[float, float]]:
+    """Centres of a shuffled grid of ``cell``-sized cells inside the frame."""
     width, height = size
-    cols, rows = int((width - 2 * margin) // cell), int((height - 2 * margin) // cell)
+    cols, rows = int(width // cell), int(height // cell)
     if cols < 1 or rows < 1:
         return []
     x0, y0 = (width - cols * cell) / 2, (height - rows * cell) / 2
@@ -413,24 +430,23 @@ def _fill(
     rng: np.random.Generator,
     *,
     frames: int,
-    angle: float | Sequence[float] = 0.0,
+    angle: float = 0.0,
     jitter_angle: float = 5.0,
     gain: float = 1.0,
     effects: FrameEffects | None = None,
 ) -> list[Scene]:
     """Scenes holding one face per width in ``widths`` (grid cells fitted to the largest), faces round-robin."""
-    cell = max(widths) * HEAD * (1.25 if angle else 1.0)
+    cell = max(widths) * HEAD * (1.25 if angle else 1.0)  # a turned head needs room across its diagonal
     centres = _grid(size, cell, rng)
     if not centres:  # a face larger than the frame allows: one per scene, centred
         centres = [(size[0] / 2, size[1] / 2)]
     scenes = []
-    angles = [angle] * len(widths) if np.isscalar(angle) else list(angle)  # type: ignore[arg-type]
     for start in range(0, len(widths), len(centres)):
         placements = []
         for k, centre in enumerate(centres[: len(widths) - start]):
             i = start + k
             jitter = rng.uniform(-jitter_angle, jitter_angle)
-            placements.append(Placement(faces[i % len(faces)], float(widths[i]), float(angles[i]) + jitter, centre,
+            placements.append(Placement(faces[i % len(faces)], float(widths[i]), angle + jitter, centre,
                                         gain, _drift(rng, 0.02 * widths[i] + 0.5), label))
         scenes.append(Scene(condition, size, placements, effects or FrameEffects(), frames, int(rng.integers(1 << 31))))
     return scenes

@@ -1,9 +1,17 @@
+import importlib.util
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from sdgan_stream.config import AnonymizeOptions
 from sdgan_stream.detect import CenterFaceDetector, nms
-from sdgan_stream.errors import BackendUnavailableError
+from sdgan_stream.detect_passes import TURNED_MIN_SCORE, MultiPassDetector, merge_detections, plan_main_passes
+from sdgan_stream.detect_scrfd import ScrfdDetector, resolve_scrfd_model
+from sdgan_stream.errors import BackendUnavailableError, WeightsError
 from sdgan_stream.samples import face_photos
+from sdgan_stream.types import Detections
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -63,8 +71,6 @@ def test_nms_keeps_the_best_of_overlapping_boxes() -> None:
 
 
 # -- passes: tiles, border pad, quarter turns (sdgan_stream.detect_passes) ------------------------
-from sdgan_stream.detect_passes import MultiPassDetector, merge_detections, plan_main_passes  # noqa: E402
-from sdgan_stream.types import Detections  # noqa: E402
 
 
 def _canvas_with(image: np.ndarray, size: tuple[int, int], at: tuple[int, int]) -> np.ndarray:
@@ -75,13 +81,13 @@ def _canvas_with(image: np.ndarray, size: tuple[int, int], at: tuple[int, int]) 
     return canvas
 
 
-def test_a_frame_within_the_budget_is_one_full_resolution_pass() -> None:
-    [only] = plan_main_passes(1920, 1080, detect_size=(1920, 1088))
+def test_a_frame_within_the_tile_size_is_one_full_resolution_pass() -> None:
+    [only] = plan_main_passes(1920, 1080, tile_size=(1920, 1088))
     assert only.region == (0, 0, 1920, 1080) and only.scale == 1.0 and only.rotation == 0
 
 
 def test_a_larger_frame_is_tiled_at_full_resolution_plus_the_shrunk_whole_frame() -> None:
-    passes = plan_main_passes(3840, 2160, detect_size=(1920, 1088))
+    passes = plan_main_passes(3840, 2160, tile_size=(1920, 1088))
     whole, tiles = passes[0], passes[1:]
     assert whole.region == (0, 0, 3840, 2160) and whole.scale == pytest.approx(0.5)
     assert all(t.scale == 1.0 for t in tiles) and len(tiles) == 4
@@ -90,10 +96,26 @@ def test_a_larger_frame_is_tiled_at_full_resolution_plus_the_shrunk_whole_frame(
         x1, y1, x2, y2 = t.region
         covered[y1:y2, x1:x2] = True
     assert covered.all()
-    # neighbouring tiles overlap by more than a small face, so none is cut in every tile
-    assert tiles[0].region[2] - tiles[1].region[0] >= 48 and tiles[0].region[3] - tiles[2].region[1] >= 48
-    [shrunk] = plan_main_passes(3840, 2160, detect_size=(1920, 1088), tiles=False)
-    assert shrunk.scale == pytest.approx(0.5)
+    # neighbouring tiles overlap by more than a face too small for the shrunk pass (32 px there, 64 here)
+    assert tiles[0].region[2] - tiles[1].region[0] >= 64 and tiles[0].region[3] - tiles[2].region[1] >= 64
+
+
+def test_a_detect_size_shrinks_the_frame_before_any_tiling() -> None:
+    [shrunk] = plan_main_passes(3840, 2160, detect_size=(1920, 1088), tile_size=(1920, 1088))
+    assert shrunk.scale == pytest.approx(0.5) and shrunk.region == (0, 0, 3840, 2160)
+    passes = plan_main_passes(3840, 2160, detect_size=(2560, 2560), tile_size=(1280, 1280))
+    tiles = passes[1:]
+    assert len(tiles) == 4 and all(t.scale == pytest.approx(2 / 3) for t in tiles)  # tiles at the detection scale
+    assert passes[0].scale == pytest.approx(1 / 3)  # the whole frame in one tile
+    [full] = plan_main_passes(3840, 2160, tile_size=None)
+    assert full.scale == 1.0
+
+
+def test_the_border_pad_is_a_share_of_the_shorter_side_in_the_view_pixels() -> None:
+    [one] = plan_main_passes(1920, 1080, border=0.02)
+    assert one.pad == round(0.02 * 1080)
+    [shrunk] = plan_main_passes(1920, 1080, detect_size=(960, 960), border=0.02)
+    assert shrunk.pad == round(0.02 * 1080 * 0.5)
 
 
 def test_merged_detections_keep_the_union_of_overlapping_boxes() -> None:
@@ -116,7 +138,7 @@ def test_a_quarter_turned_face_gets_a_box_that_holds_it(turns: int) -> None:
         corners = np.stack([corners[:, 1], w - corners[:, 0]], 1)
         w, h = h, w
     truth = np.concatenate([corners.min(0), corners.max(0)]) + [150, 100, 150, 100]
-    detector = MultiPassDetector(CenterFaceDetector(threshold=0.4, detect_size=None), detect_size=(800, 800), rotation_every=1)
+    detector = MultiPassDetector(CenterFaceDetector(threshold=0.4, detect_size=None), rotation_every=1)
     found = [detector.detect(frame) for _ in range(3)]  # one turn per frame: 90, 180, 270
     matching = [d.boxes[i] for d in found for i in range(len(d)) if _iou(d.boxes[i], truth) > 0.3]
     assert matching, "the turned face was never found"
@@ -130,8 +152,7 @@ def test_a_quarter_turned_face_gets_a_box_that_holds_it(turns: int) -> None:
 def test_turned_passes_map_landmarks_back_onto_the_face() -> None:
     photo = face_photos()[0]
     frame = _canvas_with(np.ascontiguousarray(np.rot90(photo.image, k=2)), (640, 480), (100, 80))
-    detector = MultiPassDetector(CenterFaceDetector(threshold=0.4, detect_size=None), detect_size=(640, 640),
-                                 rotations=(180,), rotation_every=1)
+    detector = MultiPassDetector(CenterFaceDetector(threshold=0.4, detect_size=None), rotations=(180,), rotation_every=1)
     found = detector.detect(frame)
     assert len(found) >= 1
     box = found.boxes[np.argmax(found.scores)]
@@ -147,8 +168,7 @@ def test_the_border_pad_finds_a_face_cut_at_its_middle_by_the_bottom_edge() -> N
     cut = photo.image[: (y1 + y2) // 2]  # everything below the middle of the face is outside the frame
     frame = _canvas_with(cut, (900, 600), (300, 600 - cut.shape[0]))
     truth_top = 600 - cut.shape[0] + y1
-    detector = MultiPassDetector(CenterFaceDetector(threshold=0.3, detect_size=None), detect_size=(960, 960),
-                                 border=0.05, rotation_every=0)
+    detector = MultiPassDetector(CenterFaceDetector(threshold=0.3, detect_size=None), border=0.05, rotation_every=0)
     found = detector.detect(frame)
     assert len(found) >= 1
     box = found.boxes[np.argmax(found.scores)]
@@ -162,18 +182,11 @@ def test_passes_reject_nonsense() -> None:
         MultiPassDetector(network, rotations=(45,))
     with pytest.raises(ValueError):
         MultiPassDetector(network, border=0.9)
+    with pytest.raises(ValueError):
+        MultiPassDetector(network, tile_size=(16, 16))
 
 
 # -- SCRFD (optional detector; sdgan_stream.detect_scrfd) -----------------------------------------
-import importlib.util  # noqa: E402
-import os  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from sdgan_stream.config import AnonymizeOptions  # noqa: E402
-from sdgan_stream.detect_scrfd import ScrfdDetector, resolve_scrfd_model  # noqa: E402
-from sdgan_stream.errors import WeightsError  # noqa: E402
-
-
 def _scrfd_like_model(path: Path, *, batched: bool = False) -> Path:
     """An ONNX graph with SCRFD's interface (3 strides x 2 anchors, scores/boxes/keypoints) whose
     outputs are simple functions of the image: score = mean red level of the cell (-1..1) x a gain
@@ -295,3 +308,29 @@ def test_a_real_scrfd_model_finds_the_face_in_real_photos(index: int) -> None:
     photo = face_photos()[index]
     found = ScrfdDetector(_installed_scrfd_model(), threshold=0.5).detect(photo.image)
     assert len(found) == 1 and _iou(found.boxes[0], photo.face_box) > 0.5
+
+
+class _FaceWhenTurnedOver:
+    """A stand-in network: one face, at a fixed score, only in views turned upside down (it sees the
+    frame's top-left marker pixel at the bottom right)."""
+
+    def __init__(self, score: float) -> None:
+        self.threshold, self.score = 0.1, score
+
+    def detect(self, image: np.ndarray) -> Detections:
+        if image[-1, -1, 0] != 255:
+            return Detections.empty()
+        h, w = image.shape[:2]
+        box = np.array([[w / 2 - 10, h / 2 - 10, w / 2 + 10, h / 2 + 10]], np.float32)
+        return Detections(box, np.array([self.score], np.float32), np.zeros((1, 5, 2), np.float32))
+
+
+@pytest.mark.parametrize("margin, kept", [(-0.05, 0), (0.05, 1)])
+def test_only_confident_detections_count_from_turned_views(margin: float, kept: int) -> None:
+    frame = np.zeros((100, 200, 3), np.uint8)
+    frame[0, 0] = 255
+    detector = MultiPassDetector(_FaceWhenTurnedOver(TURNED_MIN_SCORE + margin), rotations=(180,), rotation_every=1)
+    found = detector.detect(frame)
+    assert len(found) == kept
+    if kept:
+        assert found.boxes[0].tolist() == pytest.approx([90, 40, 110, 60])  # mapped back from the turned view
