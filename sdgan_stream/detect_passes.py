@@ -13,9 +13,14 @@ to frame pixels and merged:
 - **a border pad**: every main pass sees its frame edges mirrored outwards by ``border`` of the frame's
   shorter side, so a face cut by the border still has its centre, and a face-like context, inside the
   network's view (CenterFace finds a face by its centre).
-- **scheduled passes, one per frame in turn**: the main passes turned by 90, 180 and 270 degrees. A
-  face found only turned starts a track; the tracker keeps it covered between its turns, and for files
-  the look-back covers it in the frames before. ``rotation_every`` spaces the turns out (cost).
+- **scheduled passes, to discover turned faces**: every ``rotation_every`` frames, the main passes
+  turned by 90, 180 or 270 degrees, in turn. A full turned pass costs as much as the main one, so it is
+  spaced out; for files the look-back (0.5 s) covers a turned face in the frames before it was found,
+  which is why the default spacing visits every angle within 12 frames.
+- **follow passes, every frame**: a face found in a turned view is looked for again on every following
+  frame, in that view, inside a crop around its last box (a few face widths: cheap), until it has been
+  missed ``FOLLOW_MISSES`` frames in a row. So a turned face stays detected on every frame while only
+  the discovery of new ones waits for the schedule.
 
 Detections of one face from several passes are merged into one with the union of their boxes (a box
 from an upright pass on a turned face has the wrong shape; the union contains the face either way).
@@ -47,6 +52,11 @@ _SHRUNK_MIN_FACE = 32  # px: faces at least this wide are found in a shrunk view
 # suite's 640x360 clip, while faces turned 90/180/270 degrees scored 0.73-0.93 in the view that makes them
 # upright (rotation scenes of benchmarks/bench_recall.py); faces turned 45 degrees score lower in every view.
 TURNED_MIN_SCORE = 0.3
+FOLLOW_MISSES = 3  # frames in a row a followed turned face may go unseen before its follow pass stops
+FOLLOW_CONTEXT = 2.0  # a follow pass looks at a square this many face sizes wide around the last box
+# When the crops of one turn add up to more than this share of the frame, one full pass at that turn is
+# cheaper than the crops (and sees everything they would).
+FOLLOW_FULL_SHARE = 0.5
 
 __all__ = ["TURNED_MIN_SCORE", "DetectorPass", "FaceDetector", "MultiPassDetector", "merge_detections", "plan_main_passes"]
 
@@ -72,6 +82,23 @@ class DetectorPass:
 
     def with_rotation(self, rotation: int) -> DetectorPass:
         return DetectorPass(self.region, self.scale, self.pad, rotation)
+
+
+@dataclass
+class _Followed:
+    """A face found in a turned view, looked for again in that view on the next frames."""
+
+    box: np.ndarray  # (4,) frame pixels, its last box
+    rotation: int
+    misses: int = 0
+
+    def region(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """A square around the last box (clipped to the frame) that holds the face after some motion."""
+        cx, cy = (self.box[:2] + self.box[2:]) / 2
+        half = max(float(np.max(self.box[2:] - self.box[:2])) * FOLLOW_CONTEXT, 64.0) / 2
+        x1, y1 = max(0, math.floor(cx - half)), max(0, math.floor(cy - half))
+        x2, y2 = min(width, math.ceil(cx + half)), min(height, math.ceil(cy + half))
+        return x1, y1, max(x2, x1 + 1), max(y2, y1 + 1)
 
 
 def _fit_scale(width: int, height: int, budget: tuple[int, int] | None) -> float:
@@ -244,6 +271,7 @@ class MultiPassDetector:
         self.turned_min_score = turned_min_score
         self._frame = 0
         self._plans: dict[tuple[int, int], list[DetectorPass]] = {}
+        self._followed: list[_Followed] = []
         scale = "at full resolution" if detect_size is None else f"shrunk into {detect_size[0]}x{detect_size[1]}"
         tiles = "never tiled" if tile_size is None else f"tiled above {tile_size[0]}x{tile_size[1]}"
         turns = f"a quarter turn every {self.rotation_every} frame(s)" if self.rotation_every else "no turns"
@@ -254,8 +282,9 @@ class MultiPassDetector:
         return self.detector.threshold
 
     def reset(self) -> None:
-        """Start the rotation schedule again (a new stream)."""
+        """Start the rotation schedule again and forget followed faces (a new stream)."""
         self._frame = 0
+        self._followed = []
 
     def passes_for(self, width: int, height: int, frame: int) -> list[DetectorPass]:
         """Every pass run on frame number ``frame`` of this size."""
@@ -269,23 +298,74 @@ class MultiPassDetector:
             passes += [p.with_rotation(rotation) for p in plan]
         return passes
 
+    def follow_passes(self, width: int, height: int, scheduled: Sequence[DetectorPass] = ()) -> list[DetectorPass]:
+        """The follow passes of the next frame (module docstring): per turn, a crop around each face
+        followed at that turn, or that turn's full passes when the crops would cover more of the frame
+        than :data:`FOLLOW_FULL_SHARE`; nothing for a turn the ``scheduled`` passes already run."""
+        plan = self._plans[(width, height)]
+        main = plan[-1]  # a full-resolution pass of the plan gives scale and pad
+        regions: dict[int, list[tuple[int, int, int, int]]] = {}
+        for followed in self._followed:
+            regions.setdefault(followed.rotation, []).append(followed.region(width, height))
+        running = {p.rotation for p in scheduled}
+        out: list[DetectorPass] = []
+        for rotation, crops in regions.items():
+            if rotation in running:
+                continue
+            if sum((x2 - x1) * (y2 - y1) for x1, y1, x2, y2 in crops) > FOLLOW_FULL_SHARE * width * height:
+                out += [p.with_rotation(rotation) for p in plan]
+            else:
+                out += [DetectorPass(crop, main.scale, main.pad, rotation) for crop in dict.fromkeys(crops)]
+        return out
+
     def detect(self, image: np.ndarray) -> Detections:
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
         height, width = image.shape[:2]
         passes = self.passes_for(width, height, self._frame)
+        follows = self.follow_passes(width, height, [p for p in passes if p.rotation])
         self._frame += 1
-        found = []
-        for spec in passes:
+        seen_by: dict[DetectorPass, Detections] = {}
+        for spec in passes + follows:
             view, matrix = _view(image, spec)
             seen = self.detector.detect(view)
             if spec.rotation and len(seen):
                 # A turned view offers the network new false faces (an upside-down mouth and nose), while a
                 # face that really is turned looks upright there and scores like one: keep confident ones.
                 seen = seen.select(seen.scores >= max(self.turned_min_score, self.threshold))
-            found.append(_map_back(seen, matrix))
-        merged = merge_detections(_concat(found))
+            seen_by[spec] = _map_back(seen, matrix)
+        self._update_followed(seen_by)
+        merged = merge_detections(_concat(list(seen_by.values())))
         return _inside(merged, width, height)
+
+    def _update_followed(self, seen_by: dict[DetectorPass, Detections]) -> None:
+        """Renew each followed face seen again near its last box in its turn's passes, drop long-missed
+        ones, and follow every other face a turned pass found."""
+        from .track import box_iou
+
+        turned: dict[int, list[Detections]] = {}
+        for spec, seen in seen_by.items():
+            if spec.rotation and len(seen):
+                turned.setdefault(spec.rotation, []).append(seen)
+        found = {rotation: _concat(parts) for rotation, parts in turned.items()}
+        kept: list[_Followed] = []
+        for followed in self._followed:
+            near = found.get(followed.rotation)
+            overlap = box_iou(followed.box[None], near.boxes)[0] if near is not None else np.zeros(0)
+            if overlap.size and overlap.max() > 0:
+                best = int(np.argmax(overlap))
+                followed.box, followed.misses = near.boxes[best].astype(np.float64), 0  # type: ignore[union-attr]
+            else:
+                followed.misses += 1
+            if followed.misses <= FOLLOW_MISSES:
+                kept.append(followed)
+        for rotation, seen in found.items():
+            for box in seen.boxes.astype(np.float64):
+                same_turn = [f.box for f in kept if f.rotation == rotation]
+                if same_turn and box_iou(box[None], np.asarray(same_turn)).max() >= 0.3:
+                    continue  # already followed
+                kept.append(_Followed(box, rotation))
+        self._followed = kept
 
 
 def _inside(found: Detections, width: int, height: int) -> Detections:

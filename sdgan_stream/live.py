@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import cv2
 import numpy as np
 
-from .anonymize import FaceRenderer, FrameAnonymizer
+from .anonymize import AnalysedFrame, FaceRenderer, FrameAnonymizer
 from .config import AnonymizeOptions
 from .io.live import Backoff, CaptureBackend, LiveSource, parse_camera
 from .io.rtsp import EncoderSettings, RtspPublisher
@@ -125,7 +125,12 @@ def _percentile_ms(values: list[float], q: float) -> float | None:
 
 
 class LiveProcessor:
-    """The anonymizer, reset at each new input session, with exact processed/dropped counts."""
+    """The anonymizer, reset at each new input session, with exact processed/dropped counts.
+
+    A :class:`~sdgan_stream.pipeline.StagedProcessor`: with ``parallel`` the analysis of the newest frame
+    runs on its own thread while the previous one is rendered and sent (the session check and the
+    counts belong to analysis, which sees every processed frame first).
+    """
 
     def __init__(self, anonymizer: FrameAnonymizer, source: LiveSource) -> None:
         self.anonymizer = anonymizer
@@ -134,19 +139,28 @@ class LiveProcessor:
         self.last_index = -1
         self._session: int | None = None
 
-    def push(self, frame: VideoFrame) -> list[VideoFrame]:
+    def analyse_frame(self, frame: VideoFrame) -> list[AnalysedFrame]:
         session = self.source.session_of(frame.index)
         if self._session is not None and session != self._session:
             log.info("input session %d began: tracks reset", session)
             self.anonymizer.reset()
         self._session = session
-        out = self.anonymizer.push(frame)
+        out = self.anonymizer.analyse_frame(frame)
         self.processed += 1
         self.last_index = frame.index
         return out
 
+    def analyse_flush(self) -> list[AnalysedFrame]:
+        return self.anonymizer.analyse_flush()
+
+    def render(self, analysed: AnalysedFrame) -> VideoFrame:
+        return self.anonymizer.render(analysed)
+
+    def push(self, frame: VideoFrame) -> list[VideoFrame]:
+        return [self.render(item) for item in self.analyse_frame(frame)]
+
     def flush(self) -> list[VideoFrame]:
-        return self.anonymizer.flush()
+        return [self.render(item) for item in self.analyse_flush()]
 
     @property
     def dropped(self) -> int:
@@ -384,6 +398,7 @@ def _run_chain(
     stats_interval: float,
     on_stats: Callable[[str], None] | None,
     on_main_thread: Callable[[], None] | None = None,
+    parallel: bool = False,
 ) -> LiveReport:
     monitor = _StatsMonitor(
         source=source,
@@ -395,7 +410,8 @@ def _run_chain(
     ).start()
     try:
         result = run_pipeline(
-            source.frames(stop), processor, sink, stop_event=stop, queue_size=1, drop_policy="drop_oldest", on_main_thread=on_main_thread
+            source.frames(stop), processor, sink, stop_event=stop, queue_size=1, drop_policy="drop_oldest",
+            on_main_thread=on_main_thread, parallel=parallel,
         )
     finally:
         monitor.stop()
@@ -525,6 +541,7 @@ def run_rtsp_filter(
             started=started,
             stats_interval=stats_interval,
             on_stats=on_stats,
+            parallel=options.parallel,
         )
     finally:
         stop.set()
@@ -614,6 +631,7 @@ def run_live(
             stats_interval=stats_interval,
             on_stats=on_stats,
             on_main_thread=view.pump,
+            parallel=options.parallel,
         )
         completed = True
         return report

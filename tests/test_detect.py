@@ -162,6 +162,69 @@ def test_turned_passes_map_landmarks_back_onto_the_face() -> None:
     assert points[3:, 1].mean() < points[:2, 1].mean()
 
 
+class _CountingNetwork:
+    """CenterFace, counting the pixels of every view it is handed (the cost of the passes)."""
+
+    def __init__(self) -> None:
+        self.network = CenterFaceDetector(threshold=0.4, detect_size=None)
+        self.threshold = self.network.threshold
+        self.pixels: list[int] = []
+
+    def detect(self, image: np.ndarray) -> Detections:
+        self.pixels.append(image.shape[0] * image.shape[1])
+        return self.network.detect(image)
+
+
+def test_a_turned_face_found_by_the_schedule_is_followed_on_every_frame_in_a_crop() -> None:
+    photo = face_photos()[0]
+    upside_down = np.ascontiguousarray(np.rot90(photo.image, k=2))
+    network = _CountingNetwork()
+    detector = MultiPassDetector(network, rotations=(180,), rotation_every=50)  # only frame 0 is scheduled
+    frames = [_canvas_with(upside_down, (960, 540), (100 + 6 * i, 60)) for i in range(6)]  # moving
+    found = [detector.detect(frame) for frame in frames]
+    assert all(len(d) >= 1 for d in found), [len(d) for d in found]
+    # after the scheduled frame: the full upright pass plus one follow pass on a crop, smaller than the frame
+    full = 960 * 540
+    assert network.pixels[:2] == [full, full]
+    later = network.pixels[2:]
+    assert len(later) == 2 * 5 and all(p < full for p in later[1::2])
+    # the followed box moves with the face
+    assert found[-1].boxes[np.argmax(found[-1].scores)][0] > found[0].boxes[np.argmax(found[0].scores)][0] + 20
+
+
+def test_many_followed_faces_at_one_turn_share_one_full_pass() -> None:
+    from sdgan_stream.detect_passes import _Followed
+
+    network = _CountingNetwork()
+    detector = MultiPassDetector(network, rotations=(90, 180), rotation_every=1000)
+    detector.detect(np.zeros((360, 640, 3), np.uint8))  # plans the frame size
+    detector._followed = [_Followed(np.array([x, 100, x + 60, 160], np.float64), 180) for x in range(0, 600, 60)]
+    detector._followed.append(_Followed(np.array([10, 10, 40, 40], np.float64), 90))
+    passes = detector.follow_passes(640, 360)
+    assert [(p.region, p.rotation) for p in passes if p.rotation == 180] == [((0, 0, 640, 360), 180)]
+    assert [p.rotation for p in passes].count(90) == 1 and passes[-1].region != (0, 0, 640, 360)
+    # a turn the schedule runs on this frame needs no follow pass
+    assert all(p.rotation != 180 for p in detector.follow_passes(640, 360, [passes[0]]))
+
+
+def test_a_followed_face_is_dropped_after_it_is_missed_a_few_frames() -> None:
+    from sdgan_stream.detect_passes import FOLLOW_MISSES
+
+    photo = face_photos()[0]
+    with_face = _canvas_with(np.ascontiguousarray(np.rot90(photo.image, k=2)), (640, 480), (100, 40))
+    empty = np.full((480, 640, 3), 90, np.uint8)
+    network = _CountingNetwork()
+    detector = MultiPassDetector(network, rotations=(180,), rotation_every=1000)
+    detector.detect(with_face)
+    for _ in range(FOLLOW_MISSES + 1):
+        detector.detect(empty)
+    before = len(network.pixels)
+    detector.detect(empty)
+    assert len(network.pixels) - before == 1  # the main pass only: the follow pass has stopped
+    detector.reset()
+    assert detector.follow_passes(640, 480) == []
+
+
 def test_the_border_pad_finds_a_face_cut_at_its_middle_by_the_bottom_edge() -> None:
     photo = face_photos()[1]
     x1, y1, x2, y2 = photo.face_box.astype(int)

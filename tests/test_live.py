@@ -335,12 +335,15 @@ def test_live_webcam_stand_in_preview_recording_and_q(indexed_clip: IndexedClip,
     assert 0.9 * (len(pts) - 1) / 25 <= span <= report.seconds
 
 
-def test_live_ends_with_its_source_and_reports(indexed_clip: IndexedClip) -> None:
-    report = run_live(str(indexed_clip.path), stats_interval=0, **COVERS)
+@pytest.mark.parametrize("parallel", [False, True], ids=["serial", "parallel"])
+def test_live_ends_with_its_source_and_reports(indexed_clip: IndexedClip, tmp_path: Path, parallel: bool) -> None:
+    out = tmp_path / "live.mp4"
+    report = run_live(str(indexed_clip.path), output=out, stats_interval=0, parallel=parallel, **COVERS)
     assert not report.interrupted
     assert report.frames_in == 100  # a file source plays once, every frame captured
     assert report.frames_out + report.frames_dropped == 100
     assert report.stats.get("faces_pixelate", 0) > 0
+    assert _assert_recording_covers_faces(out, indexed_clip) > 0  # analysed on another thread: still covered
 
 
 def test_live_stops_on_duration_with_lavfi() -> None:
@@ -368,11 +371,12 @@ def _open_descriptors(path: Path) -> list[str]:
     return [link for link in links if str(path) in link]
 
 
-def test_a_detector_failing_on_every_frame_ends_a_live_run_with_a_playable_recording(tmp_path: Path) -> None:
+@pytest.mark.parametrize("parallel", [False, True], ids=["serial", "parallel"])
+def test_a_detector_failing_on_every_frame_ends_a_live_run_with_a_playable_recording(tmp_path: Path, parallel: bool) -> None:
     before = set(threading.enumerate())
     out = tmp_path / "failed.mp4"
     with pytest.raises(RuntimeError, match="in a row"):
-        finishes_within(120, run_live, LAVFI, output=out, detector=BrokenDetector(), stats_interval=0.2, **COVERS)
+        finishes_within(120, run_live, LAVFI, output=out, detector=BrokenDetector(), stats_interval=0.2, parallel=parallel, **COVERS)
     assert not live_threads(besides=before)
     frames, pts, _ = read_frames(out)  # what was recorded before the failure: every frame covered whole
     assert frames and pts == sorted(pts)

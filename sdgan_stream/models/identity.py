@@ -13,6 +13,7 @@ training; the independent judge of anonymity (dlib's recognizer) is never used i
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -35,15 +36,24 @@ def identity_code(seed: int, dim: int) -> np.ndarray:
     >>> bool((a == b).all()), a.dtype.name, round(float(np.linalg.norm(a)), 5)
     (True, 'float32', 1.0)
     """
+    return _cached_code(int(seed), dim).copy()
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_code(seed: int, dim: int) -> np.ndarray:
+    """:func:`identity_code`, drawn once per (seed, dim): a track asks for its code on every frame.
+    Read-only, so no caller can change what the next one gets."""
     if dim <= 0:
         raise ValueError(f"identity code dimension must be positive, got {dim}")
     v = _rng(seed).standard_normal(dim)
-    return (v / np.linalg.norm(v)).astype(np.float32)
+    code = (v / np.linalg.norm(v)).astype(np.float32)
+    code.flags.writeable = False
+    return code
 
 
 def identity_codes(seeds: list[int] | np.ndarray, dim: int) -> np.ndarray:
     """Codes for several seeds, (N, dim) float32."""
-    return np.stack([identity_code(int(s), dim) for s in seeds]) if len(seeds) else np.zeros((0, dim), np.float32)
+    return np.stack([_cached_code(int(s), dim) for s in seeds]) if len(seeds) else np.zeros((0, dim), np.float32)
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
