@@ -15,7 +15,7 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, cast
 
 import cv2
 import numpy as np
@@ -27,7 +27,7 @@ from .types import Detections, Face, VideoFrame
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AnalysedFrame", "CoverRenderer", "FaceOutcome", "FaceRenderer", "FrameAnonymizer", "cover_whole_frame"]
+__all__ = ["AnalysedFrame", "CoverRenderer", "FaceOutcome", "FaceRenderer", "FrameAnonymizer", "PreparingRenderer", "cover_whole_frame"]
 
 # Consecutive frames whose analysis failed before the job gives up (each of them is covered whole).
 MAX_CONSECUTIVE_ANALYSIS_FAILURES = 25
@@ -48,6 +48,18 @@ class FaceRenderer(Protocol):
     name: str
 
     def render(self, image: np.ndarray, faces: Sequence[Face]) -> list[FaceOutcome]: ...
+
+
+class PreparingRenderer(FaceRenderer, Protocol):
+    """A renderer whose per-face preparation (landmarks, crops, maps) is a pure function of the frame and
+    its faces, so it can run in the analysis stage (on the analysis thread of a parallel run, beside the
+    rendering of the frame before). ``prepares_in_analysis`` says whether it wants that."""
+
+    prepares_in_analysis: bool
+
+    def prepare(self, image: np.ndarray, faces: Sequence[Face]) -> object: ...
+
+    def render(self, image: np.ndarray, faces: Sequence[Face], prepared: object | None = None) -> list[FaceOutcome]: ...
 
 
 class CoverRenderer:
@@ -108,6 +120,7 @@ class AnalysedFrame:
     image: np.ndarray
     analysis_failed: bool
     faces: list[Face] = field(default_factory=list)
+    prepared: object | None = None  # the renderer's own preparation of ``faces``, made during analysis
 
 
 class FrameAnonymizer:
@@ -171,14 +184,28 @@ class FrameAnonymizer:
         analysed = AnalysedFrame(frame, image, failed)
         if self.lookback is None:
             analysed.faces = faces
-            return [analysed]
-        return [_with_faces(item, item_faces) for item, item_faces in self.lookback.push(analysed, faces)]
+            return self._prepared([analysed])
+        return self._prepared([_with_faces(item, item_faces) for item, item_faces in self.lookback.push(analysed, faces)])
 
     def analyse_flush(self) -> list[AnalysedFrame]:
         """The frames the look-back buffer still holds, with their faces (end of the input)."""
         if self.lookback is None:
             return []
-        return [_with_faces(item, faces) for item, faces in self.lookback.flush()]
+        return self._prepared([_with_faces(item, faces) for item, faces in self.lookback.flush()])
+
+    def _prepared(self, ready: list[AnalysedFrame]) -> list[AnalysedFrame]:
+        """Frames whose faces are final, with the renderer's preparation when it wants it made here. A
+        failed preparation is left to the renderer, which prepares again (and covers what it cannot)."""
+        if not getattr(self.renderer, "prepares_in_analysis", False):
+            return ready
+        renderer = cast(PreparingRenderer, self.renderer)
+        for item in ready:
+            if item.faces and not item.analysis_failed:
+                try:
+                    item.prepared = renderer.prepare(item.image, item.faces)
+                except Exception:
+                    log.exception("face preparation failed on frame %d: the renderer prepares again", item.frame.index)
+        return ready
 
     def push(self, frame: VideoFrame) -> list[VideoFrame]:
         return [self.render(item) for item in self.analyse_frame(frame)]
@@ -204,7 +231,7 @@ class FrameAnonymizer:
             if self.exempt is not None:
                 faces, kept = self.exempt.split(image, faces)
                 self.stats["faces_exempt"] += len(kept)
-            for outcome in self._render_faces(image, faces):
+            for outcome in self._render_faces(image, faces, analysed.prepared):
                 self.stats[f"faces_{outcome.method}"] += 1
                 if outcome.reason:
                     self.stats[f"fallback_{outcome.reason}"] += 1
@@ -213,9 +240,12 @@ class FrameAnonymizer:
         frame.image = to_stored(image, self.rotation)
         return frame
 
-    def _render_faces(self, image: np.ndarray, faces: list[Face]) -> list[FaceOutcome]:
+    def _render_faces(self, image: np.ndarray, faces: list[Face], prepared: object | None = None) -> list[FaceOutcome]:
         try:
-            outcomes = self.renderer.render(image, faces)
+            if prepared is None:
+                outcomes = self.renderer.render(image, faces)
+            else:
+                outcomes = cast(PreparingRenderer, self.renderer).render(image, faces, prepared)
         except Exception:  # the renderer broke: every face of the frame gets the fallback cover
             log.exception("renderer %s failed: covering %d face(s) with %s", self.renderer.name, len(faces), self._fallback.name)
             return [FaceOutcome(o.face, o.method, "renderer_error") for o in self._fallback.render(image, faces)]

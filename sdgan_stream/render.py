@@ -98,6 +98,7 @@ class SdganRenderer:
         reshape_strength: float = 3.5,
         frame_path: FramePath = "auto",
         guard: IdentityGuard | None = None,
+        prepares_in_analysis: bool | None = None,
     ) -> None:
         if not 0.0 <= temporal_smoothing < 1.0:
             raise ValueError(f"temporal smoothing must be in [0, 1), got {temporal_smoothing}")
@@ -120,6 +121,11 @@ class SdganRenderer:
 
             self._device_frames = DeviceFrameRenderer(backend=backend, label_nc=config.label_nc)
         log.info("SDGAN frame path: %s", "device (torch)" if self._device_frames is not None else "host (numpy/OpenCV)")
+        # Landmarks, crops and maps (CPU work) in the analysis stage: with the generator on a GPU they run
+        # beside the previous frame's generation. On CPU the analysis thread (detection) is already the
+        # busier one, so by default they stay with rendering there.
+        on_gpu = str(getattr(backend, "device", "cpu")).startswith("cuda")
+        self.prepares_in_analysis = on_gpu if prepares_in_analysis is None else prepares_in_analysis
 
     @classmethod
     def from_options(cls, options: AnonymizeOptions) -> SdganRenderer:
@@ -178,11 +184,17 @@ class SdganRenderer:
             clone.guard = IdentityGuard(self.guard.recognizer, self.guard.config)
         return clone
 
-    def render(self, image: np.ndarray, faces: Sequence[Face]) -> list[FaceOutcome]:
+    def prepare(self, image: np.ndarray, faces: Sequence[Face]) -> list[PreparedFace | FaceFallback]:
+        """Landmarks, aligned crop, semantic map and region of every face (pure: reads only ``image``)."""
+        return prepare_faces(image, faces, landmarker=self.landmarker, size=self.config.image_size,
+                             with_crops=self._device_frames is None or self.guard is not None)
+
+    def render(self, image: np.ndarray, faces: Sequence[Face], prepared: object | None = None) -> list[FaceOutcome]:
+        """Draw every face of ``faces``; ``prepared`` is :meth:`prepare`'s result for these faces (or for
+        a superset of them) when the analysis stage made it; faces it lacks are prepared here."""
         outcomes: list[FaceOutcome] = []
         candidates: list[PreparedFace] = []
-        for item in prepare_faces(image, faces, landmarker=self.landmarker, size=self.config.image_size,
-                                  with_crops=self._device_frames is None or self.guard is not None):
+        for item in self._preparation(image, faces, prepared):
             if isinstance(item, FaceFallback):
                 outcomes.append(self._cover(image, item.face, item.reason))
             elif centre_coverage(item) < MIN_CENTRE_COVERAGE:
@@ -211,6 +223,15 @@ class SdganRenderer:
         outcomes.extend(FaceOutcome(prepared.face.extra.get("original", prepared.face), self.name) for prepared in ready)
         self._previous = current
         return outcomes
+
+    def _preparation(self, image: np.ndarray, faces: Sequence[Face], prepared: object | None) -> list[PreparedFace | FaceFallback]:
+        """One prepared entry per face of ``faces``, in order: taken from ``prepared`` (matched by face
+        object: a keep-faces filter may have removed some), the rest prepared now."""
+        made = {id(item.face): item for item in prepared} if isinstance(prepared, list) else {}
+        missing = [face for face in faces if id(face) not in made]
+        if missing:
+            made.update((id(item.face), item) for item in self.prepare(image, missing))
+        return [made[id(face)] for face in faces]
 
     # -- identity guard ---------------------------------------------------------------------------
     def _guarded(self, image: np.ndarray, faces: list[PreparedFace]) -> tuple[list[PreparedFace], list[Face]]:

@@ -64,6 +64,25 @@ def test_parallel_output_equals_serial_output_bit_for_bit(small_clip: SyntheticC
     assert parallel_stats.get(drawn, 0) > 0  # the comparison saw anonymized faces, not empty frames
 
 
+def test_landmarks_and_maps_made_in_the_analysis_stage_change_nothing(small_clip: SyntheticClip, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where a GPU runs the generator, the renderer prepares faces (landmarks, crops, maps) on the
+    analysis thread: forced here on CPU, the output is still the serial path's, bit for bit."""
+    from sdgan_stream.config import AnonymizeOptions
+    from sdgan_stream.render import SdganRenderer
+
+    options = {"method": "sdgan", "backend": "eager", "device": "cpu", "identity_guard": False}
+    serial, serial_stats = _frames_written(small_clip, tmp_path / "serial.mp4", parallel=False, **options)
+    renderer = SdganRenderer.from_options(AnonymizeOptions(**options))
+    renderer.prepares_in_analysis = True
+    prepared_calls: list[int] = []
+    prepare = renderer.prepare
+    monkeypatch.setattr(renderer, "prepare", lambda image, faces: prepared_calls.append(threading.get_ident()) or prepare(image, faces))
+    parallel, parallel_stats = _frames_written(small_clip, tmp_path / "parallel.mp4", parallel=True, renderer=renderer, **options)
+    assert prepared_calls and threading.main_thread().ident not in prepared_calls  # all on the analysis thread
+    assert len(serial) == len(parallel) and all(np.array_equal(a, b) for a, b in zip(serial, parallel))
+    assert serial_stats == parallel_stats and parallel_stats.get("faces_sdgan", 0) > 0
+
+
 # -- failure injection with the real stage chain ---------------------------------------------------
 class FlakyDetector:
     """One face at a fixed box; raises on the calls listed in ``fail_on`` (0-based), or on every call."""
