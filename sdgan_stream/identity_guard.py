@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 
 from .errors import WeightsError
-from .identity_ledger import IdentityLedger
+from .identity_ledger import IdentityLedger, LedgerMatch
 from .landmarks import landmarks5_from_68, yaw_ratio
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,9 @@ __all__ = [
 ]
 
 RECOGNIZERS: tuple[str, ...] = ("dlib", "insightface")
+# Frames a new track stays covered while the identity ledger waits for views of detected faces (its
+# look-back frames come first and hold no detection); past this it draws a new identity.
+_LEDGER_PATIENCE = 50
 GUARD_PICKS: tuple[str, ...] = ("farthest", "faithful")
 
 
@@ -214,8 +217,9 @@ class _TrackState:
     size_now: float = 0.0  # this frame's face, as given to decide()
     yaw_now: float = 0.5
     last_seen: int = 0
-    ledger: str = "ask"  # re-entry (the ledger): "ask" before the first draw, "probe" for one more view, "done"
-    probes: int = 0  # frames spent waiting for a second view for the ledger
+    ledger: str = "ask"  # re-entry: "ask" the ledger before the first draw, "done" once answered
+    ledger_views: list[np.ndarray] = field(default_factory=list)  # embeddings of detected views, for the ledger
+    waited: int = 0  # frames covered while the ledger waited for views
     distance: float = float("nan")  # the kept identity's distance at its last check
     candidate_distances: tuple[float, ...] = ()  # every candidate's distance at the last draw
 
@@ -298,15 +302,23 @@ class IdentityGuard:
         return state
 
     # -- original views --------------------------------------------------------------------------
-    def observe(self, key: int, crop: np.ndarray, landmarks68_crop: np.ndarray, face_width: float) -> bool:
-        """Offer a view of the original face; embeds it when it is clearly better than the kept ones.
-        Returns True when the kept identity must be checked again against the new view."""
+    def observe(self, key: int, crop: np.ndarray, landmarks68_crop: np.ndarray, face_width: float, *,
+                detected: bool = True) -> bool:
+        """Offer a view of the original face; embeds it when it is clearly better than the kept ones (or
+        when the ledger still needs views: only of ``detected`` faces, since a look-back or predicted box
+        may hold no face). Returns True when the kept identity must be checked again against the new view."""
         state = self._state(key)
         quality = view_quality(crop, landmarks68_crop, face_width)
-        probe = state.ledger == "probe"  # the ledger needs another view of this person, good or not
-        if state.views and quality <= 1.25 * state.views[0][0] and not probe:  # not clearly better than the best kept view
+        better = not state.views or quality > 1.25 * state.views[0][0]
+        for_ledger = (detected and state.ledger == "ask" and self.ledger is not None and len(self.ledger) > 0
+                      and len(state.ledger_views) < self.ledger.min_views)
+        if not better and not for_ledger:
             return False
         embedding = self._embed(crop, landmarks68_crop[None])[0]
+        if for_ledger:
+            state.ledger_views.append(embedding)
+        if not better:
+            return False
         state.views = sorted([*state.views, (quality, embedding)], key=lambda v: -v[0])[: self.config.views]
         return state.seed is not None
 
@@ -318,7 +330,7 @@ class IdentityGuard:
         if state.seed is None:
             if state.failed_at is not None and self._frame - state.failed_at < self.config.retry_after:
                 return GuardDecision("cover")
-            if state.ledger != "done" and self.ledger is not None:
+            if state.ledger == "ask" and self.ledger is not None:
                 reused = self._ask_ledger(key, state)
                 if reused is not None:
                     return reused
@@ -332,14 +344,20 @@ class IdentityGuard:
 
     def _ask_ledger(self, key: int, state: _TrackState) -> GuardDecision | None:
         """Before a new track's first draw: the identity of the person it matches in the ledger, to be
-        verified like any seed (``verify``); ``cover`` while the ledger waits for one more view; None: draw."""
+        verified like any seed (``verify``); ``cover`` while the ledger waits for views of detected faces
+        (the track's look-back frames, then one more frame); None: draw."""
         assert self.ledger is not None
-        keys = self._on_screen if self._on_screen is not None else [k for k, s in self._states.items() if s.last_seen == self._frame]
-        on_screen = {self._states[k].seed for k in keys if k != key and k in self._states and self._states[k].seed is not None}
-        answer = self.ledger.match(np.stack([e for _, e in state.views]), frame=self._frame, exclude=on_screen)
-        if answer.kind == "pending" and state.probes < 2 * self.ledger.min_views:
-            state.ledger, state.probes = "probe", state.probes + 1
-            return GuardDecision("cover")  # a frame or two covered beats a second fake face for one person
+        if not len(self.ledger):
+            answer = LedgerMatch("none")
+        elif not state.ledger_views:  # look-back or predicted boxes only so far: wait for a detection
+            answer = LedgerMatch("pending")
+        else:
+            keys = self._on_screen if self._on_screen is not None else [k for k, s in self._states.items() if s.last_seen == self._frame]
+            on_screen = {self._states[k].seed for k in keys if k != key and k in self._states and self._states[k].seed is not None}
+            answer = self.ledger.match(np.stack(state.ledger_views), frame=self._frame, exclude=on_screen)
+        if answer.kind == "pending" and state.waited < _LEDGER_PATIENCE:
+            state.waited += 1
+            return GuardDecision("cover")  # a few frames covered beat a second fake face for one person
         state.ledger = "done"
         if answer.kind != "match":
             return None

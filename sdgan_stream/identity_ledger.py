@@ -17,9 +17,19 @@ Doubt always ends in a new identity, which is always safe. A match only proposes
 still verifies it against this track's own original, like any seed, and draws a new one if it fails.
 Being wrong here never shows a real face; at worst two different people share one fake face.
 
-Memory is bounded: at most ``capacity`` persons (the least recently seen is dropped first) and none
-unseen for more than ``max_age`` frames. The embeddings live in memory only, per stream, and are
-never written anywhere.
+Memory is bounded: at most ``capacity`` persons (64; the least recently seen is dropped first) and
+none unseen for more than ``max_age`` frames (1500) of the guard's clock, which counts the frames that
+had faces to render (about a minute of them at 25 fps; empty stretches of video do not age anyone).
+The embeddings live in memory only, one ledger per video (a cluster worker's next video gets an
+empty one), and are never written anywhere.
+
+Only views of DETECTED faces count (a look-back or predicted box may hold no face: on a clip where a
+person came back, the look-back view of the first returning frame was a blank wall, 0.84 from them).
+So while the ledger holds anyone, a new track is covered on its look-back frames (at most the
+look-back, 0.5 s) and on its first detected frame, until two detected views have answered: an
+over-covered entry, never a leaked or wrongly shared face. Cost: nothing while the ledger is empty;
+otherwise one embedding per detected view of a new track (two at most), and for a returning person
+one verification instead of a draw of ``candidates`` faces.
 
 >>> import numpy as np
 >>> ledger = IdentityLedger(threshold=0.42)

@@ -230,7 +230,8 @@ class SdganRenderer:
         to_draw: list[tuple[int, PreparedFace]] = []
         for key, prepared in zip(keys, faces):
             try:
-                new_view = guard.observe(key, prepared.crop, prepared.landmarks68_crop, prepared.face.width)
+                new_view = guard.observe(key, prepared.crop, prepared.landmarks68_crop, prepared.face.width,
+                                         detected=prepared.face.source == "detected")
                 decision = guard.decide(key, prepared.face.width, prepared.landmarks68_crop, new_view=new_view)
             except Exception:  # a recognizer failure: this face cannot be verified, so it is covered
                 log.exception("identity guard failed on a face: covering it")

@@ -74,6 +74,9 @@ def test_a_returning_person_gets_their_identity_back_after_a_second_view() -> No
     for _ in range(20):  # track 1 leaves
         guard.start_frame()
     guard.start_frame()
+    guard.observe(2, _crop(30), _points(), 120.0, detected=False)  # a look-back box on a blank wall: not a view
+    assert guard.decide(2, 120.0, _points()).action == "cover"  # wait for a detected face
+    guard.start_frame()
     guard.observe(2, _crop(100), _points(), 120.0)
     assert guard.decide(2, 120.0, _points()).action == "cover"  # one view: wait for another
     guard.start_frame()
