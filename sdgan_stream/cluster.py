@@ -14,13 +14,40 @@ renames it when complete; a segmented video's parts are joined (packets copied, 
 re-encoded) into a temporary file renamed at the end. A rerun skips videos whose output exists and
 segments whose part exists (the parts folder is keyed by the input file and the options).
 
-Identity: a whole video keeps one fake identity per person, as a single run does. Segments run in
-parallel, so a segment cannot learn which identity its neighbour gave a person seen across their
-cut: each segment draws identities from its own seed (derived from the video's seed and the segment
-number) and a person's fake face changes at each cut (every ``segment_seconds`` or so). That is the
-fail-closed choice, a new identity is always safe; carrying one across a cut would need the
-recognizer's embeddings of the overlap matched between segments before rendering (a second pass),
-which this module does not do.
+Identity: a whole video keeps one fake identity per person, as a single run does, including a person
+who leaves the frame and comes back (the identity ledger, :mod:`sdgan_stream.identity_ledger`). Each
+segment runs its own tracker and ledger, seeded from the video's seed and the segment number, so
+within a segment the same holds; ACROSS a cut a person's fake face changes today (about every
+``segment_seconds``). That is the fail-closed choice: a new identity is always safe.
+
+Carrying identities across cuts (designed, not built). Segments render in parallel and a track's
+identity is chosen by the guard while rendering, so segment k+1 cannot learn k's choice without
+waiting for k to finish (the run would be serial); matching the overlap boxes alone says who is the
+same person, not which identity they got. So the identities must be fixed before rendering, in two
+phases per segmented video (``--method sdgan`` only: cover methods need no identities and skip
+phase 1):
+
+1. Analysis unit per segment (same actors): decode the segment with its overlap, run the detector
+   and tracker exactly as :func:`~sdgan_stream.api.anonymize_video` would (same options and tracker
+   seed), store every frame's detections in the parts folder (keyed like the parts, so a rerun
+   reuses them), and per track keep its boxes on the overlap frames (by pts) and the recognizer's
+   embeddings of its original face on up to 3 best views (the guard's ``view_quality``). No generator.
+2. The driver links (segment, track) pairs with a union-find, deterministically (sorted inputs):
+   an overlap link when tracks of segments k and k+1 have IoU >= 0.5 on most frames both decode
+   around the cut and each has exactly one such partner; a re-entry link by the ledger's rule
+   (strict embedding match on >= 2 views, one candidate only). No link may join two tracks that are
+   on screen in the same frame (doubt: new identity). Each person's seed derives from the video
+   seed and the smallest (segment, track) in its group.
+3. Render unit per segment: ``anonymize_video`` with a detector that replays the stored detections
+   in order (so the tracker makes the same tracks and ids as in phase 1, and detection is not paid
+   twice) and the map {track id -> person seed} handed to the identity guard as each track's
+   proposed identity, verified against this segment's own views exactly like a ledger match: a
+   failure draws a new identity. Two segments verifying the same seed show one face across the cut.
+   The parts folder's key must then include the seed map.
+
+What it needs that is not here: the stored-detections format and replaying detector, a guard hook
+for proposed seeds (the ledger's verify path is that hook), a second kind of unit in the runner with
+a per-video barrier between the phases, and tests of it on Ray.
 
 On a cluster every node needs this package installed, and the inputs and outputs on a file system
 all nodes see under the same path.

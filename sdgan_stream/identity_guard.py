@@ -10,6 +10,10 @@ same-person threshold). The kept identity is re-verified every ``recheck_every``
 large change of size or pose; a failed check draws again; a track that cannot pass is covered
 (reason ``identity_guard``) and retried ``retry_after`` frames later. State dies with the track.
 
+With a :class:`~sdgan_stream.identity_ledger.IdentityLedger`, a new track first asks whether it is a
+person seen before (left the frame and came back, or a broken track); on a strict match it is offered
+that person's identity, which it verifies like any other seed before using it.
+
 The guard never draws pixels. The renderer asks it which faces need a decision and tells it what
 it generated; any recognizer failure is the renderer's to turn into a cover.
 
@@ -21,7 +25,7 @@ an insightface model pack or an ArcFace ONNX file. No model is ever downloaded.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -30,6 +34,7 @@ import cv2
 import numpy as np
 
 from .errors import WeightsError
+from .identity_ledger import IdentityLedger, LedgerMatch
 from .landmarks import landmarks5_from_68, yaw_ratio
 
 log = logging.getLogger(__name__)
@@ -48,6 +53,9 @@ __all__ = [
 ]
 
 RECOGNIZERS: tuple[str, ...] = ("dlib", "insightface")
+# Frames a new track stays covered while the identity ledger waits for views of detected faces (its
+# look-back frames come first and hold no detection); past this it draws a new identity.
+_LEDGER_PATIENCE = 50
 GUARD_PICKS: tuple[str, ...] = ("farthest", "faithful")
 
 
@@ -209,6 +217,9 @@ class _TrackState:
     size_now: float = 0.0  # this frame's face, as given to decide()
     yaw_now: float = 0.5
     last_seen: int = 0
+    ledger: str = "ask"  # re-entry: "ask" the ledger before the first draw, "done" once answered
+    ledger_views: list[np.ndarray] = field(default_factory=list)  # embeddings of detected views, for the ledger
+    waited: int = 0  # frames covered while the ledger waited for views
     distance: float = float("nan")  # the kept identity's distance at its last check
     candidate_distances: tuple[float, ...] = ()  # every candidate's distance at the last draw
 
@@ -238,23 +249,34 @@ class GuardDecision:
 class IdentityGuard:
     """Per-track identity verification; see the module docstring. Not thread-safe (one per renderer)."""
 
-    def __init__(self, recognizer: Recognizer, config: GuardConfig = GuardConfig()) -> None:
+    def __init__(self, recognizer: Recognizer, config: GuardConfig = GuardConfig(), *,
+                 ledger: IdentityLedger | None = None) -> None:
+        """``ledger``: remembers persons across tracks, so a new track of someone seen before re-uses their
+        identity (:mod:`sdgan_stream.identity_ledger`); None: every track draws its own."""
         self.recognizer = recognizer
         self.config = config
+        self.ledger = ledger
         self.min_distance = recognizer.default_min_distance if config.min_distance is None else config.min_distance
         if self.min_distance <= recognizer.same_person_distance:
             log.warning("identity guard margin %.2f is not above %s's same-person distance %.2f",
                         self.min_distance, recognizer.name, recognizer.same_person_distance)
         self._states: dict[int, _TrackState] = {}
         self._frame = 0
-        self.counts = {"draws": 0, "verifications": 0, "failed_draws": 0, "failed_verifications": 0, "embeddings": 0}
+        self._on_screen: set[int] | None = None
+        self.counts = {"draws": 0, "verifications": 0, "failed_draws": 0, "failed_verifications": 0, "embeddings": 0,
+                       "reused_identities": 0}
 
     # -- frame bookkeeping -----------------------------------------------------------------------
-    def start_frame(self) -> None:
+    def start_frame(self, on_screen: Collection[int] | None = None) -> None:
+        """A new frame; ``on_screen``: the keys of all its faces (None: those the guard is asked about
+        before a new track's ledger question), so no fake identity is given to two faces at once."""
         self._frame += 1
+        self._on_screen = None if on_screen is None else set(on_screen)
         stale = [k for k, s in self._states.items() if self._frame - s.last_seen > self.config.forget_after]
         for key in stale:
             del self._states[key]
+        if self.ledger is not None:
+            self.ledger.forget_old(self._frame)
 
     def forget(self, key: int) -> None:
         """Drop one face's state (an untracked face lives for one frame)."""
@@ -280,14 +302,23 @@ class IdentityGuard:
         return state
 
     # -- original views --------------------------------------------------------------------------
-    def observe(self, key: int, crop: np.ndarray, landmarks68_crop: np.ndarray, face_width: float) -> bool:
-        """Offer a view of the original face; embeds it when it is clearly better than the kept ones.
-        Returns True when the kept identity must be checked again against the new view."""
+    def observe(self, key: int, crop: np.ndarray, landmarks68_crop: np.ndarray, face_width: float, *,
+                detected: bool = True) -> bool:
+        """Offer a view of the original face; embeds it when it is clearly better than the kept ones (or
+        when the ledger still needs views: only of ``detected`` faces, since a look-back or predicted box
+        may hold no face). Returns True when the kept identity must be checked again against the new view."""
         state = self._state(key)
         quality = view_quality(crop, landmarks68_crop, face_width)
-        if state.views and quality <= 1.25 * state.views[0][0]:  # not clearly better than the best kept view
+        better = not state.views or quality > 1.25 * state.views[0][0]
+        for_ledger = (detected and state.ledger == "ask" and self.ledger is not None and len(self.ledger) > 0
+                      and len(state.ledger_views) < self.ledger.min_views)
+        if not better and not for_ledger:
             return False
         embedding = self._embed(crop, landmarks68_crop[None])[0]
+        if for_ledger:
+            state.ledger_views.append(embedding)
+        if not better:
+            return False
         state.views = sorted([*state.views, (quality, embedding)], key=lambda v: -v[0])[: self.config.views]
         return state.seed is not None
 
@@ -299,11 +330,41 @@ class IdentityGuard:
         if state.seed is None:
             if state.failed_at is not None and self._frame - state.failed_at < self.config.retry_after:
                 return GuardDecision("cover")
+            if state.ledger == "ask" and self.ledger is not None:
+                reused = self._ask_ledger(key, state)
+                if reused is not None:
+                    return reused
             return GuardDecision("draw")
+        if self.ledger is not None:
+            self.ledger.seen(state.seed, self._frame)
         ratio = face_width / max(state.size_at_check, 1e-6)
         due = (self._frame - state.checked_at >= self.config.recheck_every or new_view
                or not 1 / 1.5 <= ratio <= 1.5 or abs(state.yaw_now - state.yaw_at_check) > 0.15)
         return GuardDecision("verify" if due else "keep", state.seed)
+
+    def _ask_ledger(self, key: int, state: _TrackState) -> GuardDecision | None:
+        """Before a new track's first draw: the identity of the person it matches in the ledger, to be
+        verified like any seed (``verify``); ``cover`` while the ledger waits for views of detected faces
+        (the track's look-back frames, then one more frame); None: draw."""
+        assert self.ledger is not None
+        if not len(self.ledger):
+            answer = LedgerMatch("none")
+        elif not state.ledger_views:  # look-back or predicted boxes only so far: wait for a detection
+            answer = LedgerMatch("pending")
+        else:
+            keys = self._on_screen if self._on_screen is not None else [k for k, s in self._states.items() if s.last_seen == self._frame]
+            on_screen = {self._states[k].seed for k in keys if k != key and k in self._states and self._states[k].seed is not None}
+            answer = self.ledger.match(np.stack(state.ledger_views), frame=self._frame, exclude=on_screen)
+        if answer.kind == "pending" and state.waited < _LEDGER_PATIENCE:
+            state.waited += 1
+            return GuardDecision("cover")  # a few frames covered beat a second fake face for one person
+        state.ledger = "done"
+        if answer.kind != "match":
+            return None
+        self.counts["reused_identities"] += 1
+        log.info("identity guard: track %s matches a person seen before: re-using their identity", key)
+        state.seed = answer.seed
+        return GuardDecision("verify", answer.seed)
 
     def candidates(self, key: int, identity_seed: int) -> list[int]:
         state = self._state(key)
@@ -327,6 +388,7 @@ class IdentityGuard:
             else:
                 best = max(passing, key=lambda i: nearest[i])
             state.seed, state.failed_at, state.distance = int(seeds[best]), None, float(nearest[best])
+            self._remember(state)
             return state.seed
         self.counts["failed_draws"] += 1
         state.seed, state.failed_at, state.distance = None, self._frame, float(np.max(nearest))
@@ -342,11 +404,17 @@ class IdentityGuard:
         self._checked(state)
         state.distance = distance
         if distance >= self.min_distance:
+            self._remember(state)
             return True
         self.counts["failed_verifications"] += 1
         log.info("identity guard: track %s kept identity fell to %.3f from the original: drawing again", key, distance)
         state.seed = None
         return False
+
+    def _remember(self, state: _TrackState) -> None:
+        """Tell the ledger which person this verified identity replaces (the track's views as of now)."""
+        if self.ledger is not None and state.seed is not None:
+            self.ledger.remember(seed=state.seed, embeddings=np.stack([e for _, e in state.views]), frame=self._frame)
 
     def _checked(self, state: _TrackState) -> None:
         state.checked_at, state.size_at_check, state.yaw_at_check = self._frame, state.size_now, state.yaw_now

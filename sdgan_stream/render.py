@@ -146,11 +146,13 @@ class SdganRenderer:
         guard = None
         if options.identity_guard:
             from .identity_guard import GuardConfig, IdentityGuard, load_recognizer
+            from .identity_ledger import IdentityLedger
 
             recognizer = load_recognizer(options.recognizer, options.recognizer_model)
             guard = IdentityGuard(recognizer, GuardConfig(candidates=options.guard_candidates,
                                                           min_distance=options.min_identity_distance,
-                                                          recheck_every=options.guard_recheck, pick=options.guard_pick))
+                                                          recheck_every=options.guard_recheck, pick=options.guard_pick),
+                                  ledger=IdentityLedger.for_recognizer(recognizer))  # re-entries keep their identity
             log.info("identity guard: %s recognizer, %d candidates, margin %.2f, pick %s, re-check every %d frames",
                      recognizer.name, options.guard_candidates, guard.min_distance, options.guard_pick, options.guard_recheck)
         else:
@@ -174,14 +176,16 @@ class SdganRenderer:
     def for_new_stream(self) -> SdganRenderer:
         """A renderer for another video that shares this one's loaded models (generator backend, landmark
         model, recognizer) and none of its per-stream state: smoothing history and the guard's per-track
-        decisions are keyed by track ids, which restart with every stream (a cluster worker's next video)."""
+        decisions are keyed by track ids, which restart with every stream (a cluster worker's next video), and the
+        identity ledger's persons belong to one video."""
         clone = copy.copy(self)
         clone._previous = {}
         clone.last_generated = []
         if self.guard is not None:
             from .identity_guard import IdentityGuard
 
-            clone.guard = IdentityGuard(self.guard.recognizer, self.guard.config)
+            ledger = self.guard.ledger.empty_copy() if self.guard.ledger is not None else None
+            clone.guard = IdentityGuard(self.guard.recognizer, self.guard.config, ledger=ledger)
         return clone
 
     def prepare(self, image: np.ndarray, faces: Sequence[Face]) -> list[PreparedFace | FaceFallback]:
@@ -239,15 +243,16 @@ class SdganRenderer:
         refused. Any failure of the recognizer refuses the faces it was deciding (fail closed)."""
         guard = self.guard
         assert guard is not None
-        guard.start_frame()
+        keys = [p.face.track_id if p.face.track_id is not None else -1 - i for i, p in enumerate(faces)]  # untracked: one frame
+        guard.start_frame(on_screen=keys)
         kept: list[PreparedFace] = []
         refused: list[Face] = []
         to_verify: list[tuple[int, PreparedFace]] = []
         to_draw: list[tuple[int, PreparedFace]] = []
-        for index, prepared in enumerate(faces):
-            key = prepared.face.track_id if prepared.face.track_id is not None else -1 - index  # untracked: one frame
+        for key, prepared in zip(keys, faces):
             try:
-                new_view = guard.observe(key, prepared.crop, prepared.landmarks68_crop, prepared.face.width)
+                new_view = guard.observe(key, prepared.crop, prepared.landmarks68_crop, prepared.face.width,
+                                         detected=prepared.face.source == "detected")
                 decision = guard.decide(key, prepared.face.width, prepared.landmarks68_crop, new_view=new_view)
             except Exception:  # a recognizer failure: this face cannot be verified, so it is covered
                 log.exception("identity guard failed on a face: covering it")

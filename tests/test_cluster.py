@@ -272,6 +272,8 @@ def test_a_workers_next_video_shares_the_models_but_not_the_per_track_state() ->
     assert fresh.guard is not None and fresh.guard.recognizer is renderer.guard.recognizer
     # Track ids restart with each video: the guard's decision for track 1 must not carry over to a stranger.
     assert fresh.guard.tracks == 0 and fresh._previous == {} and renderer.guard.tracks == 1
+    # Nor do the persons the identity ledger remembers (another video, other people).
+    assert fresh.guard.ledger is not None and fresh.guard.ledger is not renderer.guard.ledger and len(fresh.guard.ledger) == 0
 
 
 def test_a_stopped_run_leaves_nothing_under_a_final_name(ray_instance, long_clip: SyntheticClip, tmp_path: Path) -> None:
