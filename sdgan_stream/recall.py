@@ -50,6 +50,7 @@ __all__ = [
     "FrameEffects",
     "LibraryFace",
     "PipelineSystem",
+    "RecognitionAttack",
     "Placement",
     "Scene",
     "System",
@@ -58,6 +59,7 @@ __all__ = [
     "coverage",
     "crowd_scenes",
     "effect_scenes",
+    "face_to_frame",
     "face_library",
     "is_found",
     "over_cover",
@@ -311,6 +313,16 @@ def _rotation(angle: float, centre: tuple[float, float], target: tuple[float, fl
     """2x3 affine: rotate ``angle`` degrees counter-clockwise about ``centre``, then move it to ``target``."""
     m = cv2.getRotationMatrix2D(centre, angle, 1.0)
     m[:, 2] += np.asarray(target) - np.asarray(centre)
+    return m
+
+
+def face_to_frame(face: LibraryFace, placement: Placement, index: int) -> np.ndarray:
+    """2x3 affine from ``face.image`` pixels to the pixels of frame ``index`` where ``placement`` pastes it."""
+    scale = placement.width / face.width
+    box = face.box * scale
+    centre = (placement.centre[0] + placement.drift[0] * index, placement.centre[1] + placement.drift[1] * index)
+    m = _rotation(placement.angle, ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2), centre)
+    m[:, :2] *= scale  # _paste warps the patch shrunk by ``scale``
     return m
 
 
@@ -673,25 +685,60 @@ def summarize(results: Sequence[FaceResult]) -> dict[str, dict[str, dict[str, fl
     return out
 
 
+class RecognitionAttack:
+    """Is a pasted face still recognisable on a frame? An attacker who knows exactly where the face is
+    (the scene's own geometry) warps it back upright at its library photo's size (bicubic upscaling),
+    and dlib's recognizer embeds it with the library face's own 68 points: the best alignment an
+    attacker could have. :meth:`distance` is the distance of that embedding to the library face's own;
+    under ``same_person`` (dlib's 0.6) the face counts as recognised. Run on the untouched frame, it
+    shows what the attack achieves at that size, turn or cut; on an anonymized one, what it still does.
+    """
+
+    same_person = 0.6
+
+    def __init__(self, faces: Sequence[LibraryFace]) -> None:
+        from .recognizer import FaceRecognizer
+
+        self.faces = list(faces)
+        self.recognizer = FaceRecognizer()
+        self._points = [self.recognizer.shape(f.image, f.box) for f in self.faces]
+        self._gallery = [self.recognizer.embed(f.image, p) for f, p in zip(self.faces, self._points)]
+
+    def distance(self, frame: np.ndarray, placement: Placement, index: int) -> float:
+        k = placement.face % len(self.faces)
+        face = self.faces[k]
+        height, width = face.image.shape[:2]
+        back = cv2.invertAffineTransform(face_to_frame(face, placement, index))
+        chip = cv2.warpAffine(frame, back, (width, height), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        return float(np.linalg.norm(self.recognizer.embed(chip, self._points[k]) - self._gallery[k]))
+
+
 class PipelineSystem:
     """sdgan-stream's own stage chain (:func:`~sdgan_stream.api.build_anonymizer`), as a file job runs it.
 
-    The cover is forced to ``solid`` (same shape as every cover method; every covered pixel changes);
-    all other options are the caller's. One detector serves all scenes; tracking state is fresh per scene.
-    ``detect_ms`` collects the detector's time per frame.
+    The cover is forced to ``solid`` (same shape as every cover method; every covered pixel changes)
+    unless ``keep_method``; all other options are the caller's. One detector serves all scenes; tracking
+    state is fresh per scene. ``detect_ms`` collects the detector's time per frame.
     """
 
-    def __init__(self, name: str, options: AnonymizeOptions | None = None, *, fps: float = 25.0) -> None:
+    def __init__(self, name: str, options: AnonymizeOptions | None = None, *, fps: float = 25.0, keep_method: bool = False) -> None:
         from .api import build_detector
         from .config import AnonymizeOptions
 
         self.name = name
-        self.options = (options or AnonymizeOptions()).with_overrides(method="solid")
+        self.options = options or AnonymizeOptions()
+        if not keep_method:
+            self.options = self.options.with_overrides(method="solid")
         self.fps = fps
         self.detector = build_detector(self.options)
         self.detect_ms: list[tuple[tuple[int, int], float]] = []
 
     def __call__(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+        """What changed on each frame (bool masks)."""
+        return [changed_mask(before, after) for before, after in zip(frames, self.anonymize([f.copy() for f in frames]))]
+
+    def anonymize(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+        """The frames as the pipeline writes them (drawn on in place)."""
         import time
         from fractions import Fraction
 
@@ -706,13 +753,12 @@ class PipelineSystem:
             reset()
         detector = _Timed(self.detector, self.detect_ms)
         anonymizer = build_anonymizer(self.options, info, detector=detector)  # type: ignore[arg-type]
-        originals = [f.copy() for f in frames]
         out = []
         for i, image in enumerate(frames):
             out += anonymizer.push(VideoFrame(image, i, i, 1 / rate, time.monotonic()))
         out += anonymizer.flush()
         out.sort(key=lambda frame: frame.index)
-        return [changed_mask(originals[f.index], f.image) for f in out]
+        return [f.image for f in out]
 
 
 class _Timed:

@@ -207,6 +207,18 @@ def test_many_followed_faces_at_one_turn_share_one_full_pass() -> None:
     assert all(p.rotation != 180 for p in detector.follow_passes(640, 360, [passes[0]]))
 
 
+@pytest.mark.parametrize("box", [[700, 100, 760, 160], [-90, -90, -10, -10], [600, 340, 700, 420]])
+def test_a_followed_box_outside_the_frame_still_gets_a_view_inside_it(box: list[float]) -> None:
+    from sdgan_stream.detect_passes import _Followed
+
+    x1, y1, x2, y2 = _Followed(np.array(box, np.float64), 90).region(640, 360)
+    assert 0 <= x1 < x2 <= 640 and 0 <= y1 < y2 <= 360
+    detector = MultiPassDetector(_CountingNetwork(), rotations=(90,), rotation_every=1000)
+    detector.detect(np.zeros((360, 640, 3), np.uint8))
+    detector._followed = [_Followed(np.array(box, np.float64), 90)]
+    detector.detect(np.zeros((360, 640, 3), np.uint8))  # the follow pass runs on a non-empty view
+
+
 def test_a_followed_face_is_dropped_after_it_is_missed_a_few_frames() -> None:
     from sdgan_stream.detect_passes import FOLLOW_MISSES
 

@@ -83,10 +83,9 @@ def test_a_face_counts_as_found_only_when_its_eyes_are_covered_too(faces: list[r
     assert none.face == 0.0 and not none.found
 
 
-def test_the_defaults_hide_small_border_cut_and_turned_faces(faces: list[recall.LibraryFace]) -> None:
+def _issue_scene(faces: list[recall.LibraryFace], frames: int) -> recall.Scene:
     """The issue's clip, 1920x1080: 16/24/32 px faces, a face cut at its middle by the bottom border
-    (eyes in view), faces turned 90 and 270 degrees. Every face on every frame leaves anonymized."""
-    h96 = 96.0 * (faces[1].box[3] - faces[1].box[1]) / (faces[1].box[2] - faces[1].box[0])
+    (eyes in view), faces turned 90 and 270 degrees."""
     placements = [
         recall.Placement(0, 16.0, 0.0, (300.0, 200.0), drift=(1.0, 0.0), label="16px"),
         recall.Placement(1, 24.0, 0.0, (700.0, 200.0), drift=(1.0, 0.5), label="24px"),
@@ -95,11 +94,38 @@ def test_the_defaults_hide_small_border_cut_and_turned_faces(faces: list[recall.
         recall.Placement(0, 80.0, 90.0, (500.0, 600.0), drift=(1.0, 1.0), label="90deg"),
         recall.Placement(1, 80.0, 270.0, (1400.0, 600.0), drift=(-1.0, 0.0), label="270deg"),
     ]
-    scene = recall.Scene("issue", (1920, 1080), placements, frames=3, seed=3)
+    return recall.Scene("issue", (1920, 1080), placements, frames=frames, seed=3)
+
+
+# The defaults look for turned faces on a schedule that visits every turn within 12 frames (the look-back
+# covers the frames before): a clip of 12 frames is the shortest on which every turn is looked for.
+SCHEDULE_FRAMES = 12
+
+
+def test_the_defaults_hide_small_border_cut_and_turned_faces(faces: list[recall.LibraryFace]) -> None:
+    """Every face of the issue's clip on every frame leaves anonymized."""
+    h96 = 96.0 * (faces[1].box[3] - faces[1].box[1]) / (faces[1].box[2] - faces[1].box[0])
+    scene = _issue_scene(faces, SCHEDULE_FRAMES)
     assert scene.render(faces, 0)[1][3].visible_pixels < 0.6 * np.pi / 4 * 96 * h96  # really cut
     results = recall.run_scenes([scene], faces, [recall.PipelineSystem("defaults")])["defaults"]
     missed = [(r.label, r.frame, round(r.face, 2), round(r.eye, 2)) for r in results if not r.found]
-    assert len(results) == 18 and not missed
+    assert len(results) == 6 * SCHEDULE_FRAMES and not missed
+
+
+def test_no_face_of_the_issue_clip_stays_recognisable_at_the_defaults(faces: list[recall.LibraryFace]) -> None:
+    """The attack (exact geometry, upright upscaled chip, dlib) recognises the untouched faces of 24 px and
+    up; after the pipeline at its defaults (blur included) it recognises none."""
+    from sdgan_stream.config import AnonymizeOptions
+
+    scene = _issue_scene(faces, SCHEDULE_FRAMES)
+    frames = [scene.render(faces, i)[0] for i in range(scene.frames)]
+    out = recall.PipelineSystem("defaults", AnonymizeOptions(), keep_method=True).anonymize([f.copy() for f in frames])
+    attack = recall.RecognitionAttack(faces)
+    for i in (0, SCHEDULE_FRAMES // 2, SCHEDULE_FRAMES - 1):
+        before = {p.label: attack.distance(frames[i], p, i) for p in scene.placements}
+        after = {p.label: attack.distance(out[i], p, i) for p in scene.placements}
+        assert all(before[label] < attack.same_person for label in ("24px", "32px", "bottom/50%", "90deg", "270deg")), before
+        assert min(after.values()) >= attack.same_person, after
 
 
 def test_the_whole_frame_fallback_leaves_a_full_frame_face_at_most_8_blocks_across(faces: list[recall.LibraryFace]) -> None:
