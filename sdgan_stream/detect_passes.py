@@ -43,6 +43,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from .track import box_iou
 from .types import Detections
 
 log = logging.getLogger(__name__)
@@ -210,8 +211,6 @@ def merge_detections(found: Detections, *, iou_threshold: float = 0.3) -> Detect
     """
     if len(found) < 2:
         return found
-    from .track import box_iou
-
     order = np.argsort(-found.scores, kind="stable")
     boxes = found.boxes[order].astype(np.float64)
     iou = box_iou(boxes, boxes)
@@ -344,8 +343,6 @@ class MultiPassDetector:
     def _update_followed(self, seen_by: dict[DetectorPass, Detections]) -> None:
         """Renew each followed face seen again near its last box in its turn's passes, drop long-missed
         ones, and follow every other face a turned pass found."""
-        from .track import box_iou
-
         turned: dict[int, list[Detections]] = {}
         for spec, seen in seen_by.items():
             if spec.rotation and len(seen):

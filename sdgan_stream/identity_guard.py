@@ -330,7 +330,7 @@ class IdentityGuard:
         if state.seed is None:
             if state.failed_at is not None and self._frame - state.failed_at < self.config.retry_after:
                 return GuardDecision("cover")
-            if state.ledger == "ask" and self.ledger is not None:
+            if state.ledger == "ask" and self.ledger is not None and key >= 0:  # untracked faces (key < 0) live one frame
                 reused = self._ask_ledger(key, state)
                 if reused is not None:
                     return reused
@@ -388,7 +388,7 @@ class IdentityGuard:
             else:
                 best = max(passing, key=lambda i: nearest[i])
             state.seed, state.failed_at, state.distance = int(seeds[best]), None, float(nearest[best])
-            self._remember(state)
+            self._remember(key, state)
             return state.seed
         self.counts["failed_draws"] += 1
         state.seed, state.failed_at, state.distance = None, self._frame, float(np.max(nearest))
@@ -404,16 +404,17 @@ class IdentityGuard:
         self._checked(state)
         state.distance = distance
         if distance >= self.min_distance:
-            self._remember(state)
+            self._remember(key, state)
             return True
         self.counts["failed_verifications"] += 1
         log.info("identity guard: track %s kept identity fell to %.3f from the original: drawing again", key, distance)
         state.seed = None
         return False
 
-    def _remember(self, state: _TrackState) -> None:
-        """Tell the ledger which person this verified identity replaces (the track's views as of now)."""
-        if self.ledger is not None and state.seed is not None:
+    def _remember(self, key: int, state: _TrackState) -> None:
+        """Tell the ledger which person this verified identity replaces (the track's views as of now).
+        Untracked faces (key < 0) are not remembered: they have no track to come back to."""
+        if self.ledger is not None and state.seed is not None and key >= 0:
             self.ledger.remember(seed=state.seed, embeddings=np.stack([e for _, e in state.views]), frame=self._frame)
 
     def _checked(self, state: _TrackState) -> None:

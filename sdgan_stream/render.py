@@ -115,6 +115,7 @@ class SdganRenderer:
         self.batch_size = batch_size
         self.guard = guard
         self.last_generated: list[tuple[PreparedFace, np.ndarray]] = []  # for `inspect`: crops of the last call
+        self._reshaped_this_frame: dict[tuple[int, int], PreparedFace] = {}  # see _reshaped
         self._device_frames: Any = None
         if use_device_frames(backend, frame_path):
             from .backends.gpu_warp import DeviceFrameRenderer
@@ -198,6 +199,7 @@ class SdganRenderer:
         a superset of them) when the analysis stage made it; faces it lacks are prepared here."""
         outcomes: list[FaceOutcome] = []
         candidates: list[PreparedFace] = []
+        self._reshaped_this_frame = {}
         for item in self._preparation(image, faces, prepared):
             if isinstance(item, FaceFallback):
                 outcomes.append(self._cover(image, item.face, item.reason))
@@ -384,10 +386,17 @@ class SdganRenderer:
         one, so coverage never shrinks."""
         if self.reshape_strength <= 0:
             return prepared
+        # One map per face and identity per frame: the guard's check and the final call share it.
+        key = (id(_original(prepared)), prepared.face.identity_seed)
+        cached = self._reshaped_this_frame.get(key)
+        if cached is not None:
+            return cached if cached.face is prepared.face else dataclasses.replace(cached, face=prepared.face)
         points = self._reshaped_points(prepared)
         labels = rasterize_semantic_map(points, prepared.size)
         region = np.maximum(prepared.region_mask, region_mask_from_labels(labels, points))
-        return dataclasses.replace(prepared, labels=labels, region_mask=region)
+        reshaped = dataclasses.replace(prepared, labels=labels, region_mask=region)
+        self._reshaped_this_frame[key] = reshaped
+        return reshaped
 
     def _cover(self, image: np.ndarray, face: Face, reason: str) -> FaceOutcome:
         outcome = self.fallback.render(image, [face])[0]
