@@ -43,7 +43,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from .track import box_iou
+from .track import box_iou, box_overlaps
 from .types import Detections
 
 log = logging.getLogger(__name__)
@@ -342,11 +342,16 @@ class MultiPassDetector:
 
     def _update_followed(self, seen_by: dict[DetectorPass, Detections]) -> None:
         """Renew each followed face seen again near its last box in its turn's passes, drop long-missed
-        ones, and follow every other face a turned pass found."""
+        ones, and follow every other face a turned pass found. A turned find that overlaps an upright
+        detection is not followed: the upright passes see that face on every frame anyway, and false
+        faces that turned views make of real upright ones (a mouth and chin upside down) lie there."""
+        upright = _concat([seen for spec, seen in seen_by.items() if not spec.rotation])
         turned: dict[int, list[Detections]] = {}
         for spec, seen in seen_by.items():
             if spec.rotation and len(seen):
-                turned.setdefault(spec.rotation, []).append(seen)
+                keep = ~_overlaps(seen.boxes, upright.boxes)
+                if keep.any():
+                    turned.setdefault(spec.rotation, []).append(seen.select(keep))
         found = {rotation: _concat(parts) for rotation, parts in turned.items()}
         kept: list[_Followed] = []
         for followed in self._followed:
@@ -366,6 +371,15 @@ class MultiPassDetector:
                     continue  # already followed
                 kept.append(_Followed(box, rotation))
         self._followed = kept
+
+
+def _overlaps(boxes: np.ndarray, others: np.ndarray, share: float = 0.3) -> np.ndarray:
+    """Per box of ``boxes``: whether some box of ``others`` covers at least ``share`` of the smaller of the two."""
+    if not len(boxes) or not len(others):
+        return np.zeros(len(boxes), bool)
+    inter, area_a, area_b = box_overlaps(boxes, others)
+    smaller = np.minimum(area_a[:, None], area_b[None, :])
+    return (inter >= share * np.maximum(smaller, 1e-9)).any(axis=1)
 
 
 def _inside(found: Detections, width: int, height: int) -> Detections:

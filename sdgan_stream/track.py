@@ -48,6 +48,7 @@ __all__ = [
     "OneEuroFilter",
     "associate",
     "box_iou",
+    "box_overlaps",
     "match_by_centre",
     "match_by_iou",
     "boxes_to_measurements",
@@ -75,19 +76,23 @@ _LANDMARK_TEMPLATE = np.array([[0.32, 0.42], [0.68, 0.42], [0.50, 0.60], [0.36, 
 # --------------------------------------------------------------------------------------------------
 # Box geometry
 # --------------------------------------------------------------------------------------------------
+def box_overlaps(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairwise intersection areas (N, M) of boxes ``a`` (N, 4) and ``b`` (M, 4), xyxy, and their areas."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    ix = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    iy = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    inter = np.clip(ix, 0, None) * np.clip(iy, 0, None)
+    return inter, (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]), (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+
+
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Pairwise IoU of boxes ``a`` (N, 4) and ``b`` (M, 4), xyxy; zero-area boxes give IoU 0.
 
     >>> box_iou(np.array([[0, 0, 2, 2]]), np.array([[1, 1, 3, 3], [5, 5, 5, 5]])).round(3).tolist()
     [[0.143, 0.0]]
     """
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    ix = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
-    iy = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
-    inter = np.clip(ix, 0, None) * np.clip(iy, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    inter, area_a, area_b = box_overlaps(a, b)
     union = area_a[:, None] + area_b[None, :] - inter
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 

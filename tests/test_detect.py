@@ -176,7 +176,7 @@ class _CountingNetwork:
 
 
 def test_a_turned_face_found_by_the_schedule_is_followed_on_every_frame_in_a_crop() -> None:
-    photo = face_photos()[0]
+    photo = face_photos()[1]  # upside down, the upright view scores it 0.27: under the threshold (0.4)
     upside_down = np.ascontiguousarray(np.rot90(photo.image, k=2))
     network = _CountingNetwork()
     detector = MultiPassDetector(network, rotations=(180,), rotation_every=50)  # only frame 0 is scheduled
@@ -205,6 +205,19 @@ def test_many_followed_faces_at_one_turn_share_one_full_pass() -> None:
     assert [p.rotation for p in passes].count(90) == 1 and passes[-1].region != (0, 0, 640, 360)
     # a turn the schedule runs on this frame needs no follow pass
     assert all(p.rotation != 180 for p in detector.follow_passes(640, 360, [passes[0]]))
+
+
+def test_an_upright_face_seen_in_a_turned_view_is_not_followed() -> None:
+    """A turned view can make a false face of a real upright one (mouth and chin upside down): the upright
+    pass sees that face on every frame, so a turned find overlapping it starts no follow pass."""
+    photo = face_photos()[1]
+    frame = _canvas_with(photo.image, (900, 700), (100, 50))
+    network = _CountingNetwork()
+    detector = MultiPassDetector(network, rotation_every=1)
+    for _ in range(6):  # every turn twice
+        assert len(detector.detect(frame)) >= 1
+    assert detector.follow_passes(900, 700) == []
+    assert len(network.pixels) == 2 * 6  # main + the scheduled turn on each frame, no follow crops
 
 
 @pytest.mark.parametrize("box", [[700, 100, 760, 160], [-90, -90, -10, -10], [600, 340, 700, 420]])
