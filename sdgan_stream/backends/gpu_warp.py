@@ -285,7 +285,7 @@ def _dst(n: int, like: torch.Tensor) -> torch.Tensor:
     if matrix is None:
         from ..blend import dst_matrix
 
-        matrix = torch.as_tensor(dst_matrix(n), dtype=like.dtype, device=like.device)
+        matrix = torch.tensor(dst_matrix(n), dtype=like.dtype, device=like.device)  # a copy: the cached array is read-only
         if len(_DST_CACHE) > 64:
             _DST_CACHE.clear()
         _DST_CACHE[key] = matrix
