@@ -71,6 +71,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import AnonymizeOptions
 from .errors import SdganStreamError
+from .segment_identities import ReplayDetector, SegmentAnalysis, analyse_segment, group_tracks, needs_identity_phase
 
 if TYPE_CHECKING:
     from .io.segments import Segment
@@ -129,6 +130,11 @@ class WorkUnit:
     segment: Segment | None
     seed: int | None  # tracker seed (identities); None: the options' own
     frames: int  # frames it writes, for the progress bar (0: unknown)
+    # Identities across cuts (:mod:`sdgan_stream.segment_identities`): an "analyse" unit writes the segment's
+    # analysis to ``out``; a "render" unit with ``analyses`` (every segment's, in order) replays its own
+    # segment's detections and proposes the identities the grouping of all of them gives.
+    kind: str = "render"
+    analyses: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -137,6 +143,7 @@ class VideoPlan:
     units: tuple[WorkUnit, ...] = ()  # still to run (finished parts of an earlier run are not)
     parts: tuple[Path, ...] = ()  # every part in order; empty when the video is one unit
     skipped: bool = False  # its output exists already
+    deferred: tuple[WorkUnit, ...] = ()  # render units that wait for all of ``units`` (the analyses)
     error: str | None = None
 
 
@@ -260,13 +267,20 @@ def plan_video(video: int, job: VideoJob, options: AnonymizeOptions, segment_sec
         folder.mkdir(exist_ok=True)
         base = options.seed if options.seed is not None else secrets.randbits(31)
         parts, units = [], []
+        two_phases = needs_identity_phase(options)
+        analyses = tuple(folder / f"analysis-{s.index:04d}.npz" for s in segments) if two_phases else ()
         for segment in segments:
             part = folder / f"part-{segment.index:04d}{job.dst.suffix}"
             parts.append(part)
             if not part.exists():
                 seed = segment_seed(base, segment.index)
-                units.append(WorkUnit(f"{video}/{segment.index}", video, job.src, part, segment, seed, segment.frame_count))
-        return VideoPlan(video, units=tuple(units), parts=tuple(parts))
+                units.append(WorkUnit(f"{video}/{segment.index}", video, job.src, part, segment, seed, segment.frame_count,
+                                      analyses=analyses))
+        if not two_phases:
+            return VideoPlan(video, units=tuple(units), parts=tuple(parts))
+        analyse = tuple(WorkUnit(f"{video}/a{s.index}", video, job.src, path, s, segment_seed(base, s.index), 0, kind="analyse")
+                        for s, path in zip(segments, analyses) if not path.exists())
+        return VideoPlan(video, units=analyse, parts=tuple(parts), deferred=tuple(units))
     except (SdganStreamError, OSError) as error:
         return VideoPlan(video, error=str(error))
 
@@ -343,7 +357,16 @@ class AnonymizeWorker:
         board.report.remote(unit.key, 0, worker)
         try:
             detector, renderer = self._models()
-            report = anonymize_video(unit.src, temp, options=self.options.with_overrides(seed=unit.seed), detector=detector,
+            options = self.options.with_overrides(seed=unit.seed)
+            if unit.kind == "analyse":
+                assert unit.segment is not None
+                started = time.monotonic()
+                analyse_segment(unit.src, unit.segment, options, detector=detector, renderer=renderer).save(unit.out)
+                result.seconds = time.monotonic() - started
+                return result
+            if unit.analyses:
+                detector = self._replay_with_identities(unit, renderer)
+            report = anonymize_video(unit.src, temp, options=options, detector=detector,
                                      renderer=renderer, segment=unit.segment, on_frame_written=count)
             if report.interrupted:
                 raise SdganStreamError("interrupted")
@@ -357,6 +380,22 @@ class AnonymizeWorker:
         board.report.remote(unit.key, report.frames, worker)
         result.frames, result.seconds, result.stats = report.frames, report.seconds, report.stats
         return result
+
+
+    @staticmethod
+    def _replay_with_identities(unit: WorkUnit, renderer: Any) -> ReplayDetector:
+        """The detector replaying this segment's analysed detections; ``renderer``'s guard is handed the
+        identities that the grouping of all the video's analyses gives this segment's tracks (every render
+        unit of the video computes the same grouping from the same files)."""
+        from .exempt import STRICTNESS
+
+        assert unit.segment is not None
+        analyses = [SegmentAnalysis.load(path) for path in unit.analyses]
+        recognizer = renderer.guard.recognizer
+        proposals = group_tracks(analyses, threshold=STRICTNESS * recognizer.same_person_distance,
+                                 distances=recognizer.distances)
+        renderer.guard.propose(proposals[unit.segment.index])
+        return ReplayDetector(analyses[unit.segment.index].detections)
 
 
 def _import_ray() -> Any:
@@ -437,23 +476,13 @@ def _run(ray: Any, jobs: list[VideoJob], options: AnonymizeOptions, config: Clus
     finish_task = ray.remote(num_cpus=0)(finish_segmented_video)
     joins: dict[Any, int] = {}  # join task -> video
     remaining = [{unit.key for unit in plan.units} for plan in plans]  # units without a successful result yet
-
-    def settle(video: int) -> None:
-        """A video whose units all succeeded is done, or gets its parts joined (on the cluster, where they are)."""
-        if videos[video].status != "pending" or remaining[video]:
-            return
-        if plans[video].parts:
-            joins[finish_task.remote(plans[video].parts, jobs[video], options.audio)] = video
-        else:
-            videos[video].status = "done"
-
-    for plan in plans:
-        settle(plan.video)  # a video whose parts were all finished by an earlier run needs only its join
+    deferred = {plan.video: plan.deferred for plan in plans if plan.deferred}  # render units after the analyses
+    submitted = list(units)
     workers = 0
     board = None
-    frames_total = sum(unit.frames for unit in units)
-    if units:
-        workers, gpus = _worker_count(ray.cluster_resources(), config, len(units))
+    frames_total = sum(unit.frames for unit in units) + sum(u.frames for waiting in deferred.values() for u in waiting)
+    if units or deferred:
+        workers, gpus = _worker_count(ray.cluster_resources(), config, max(len(units), max(map(len, deferred.values()), default=0)))
         log.info("%d units of work on %d workers (%g CPUs, %g GPUs each)", len(units), workers, config.cpus_per_worker, gpus)
         actor = ray.remote(AnonymizeWorker).options(num_cpus=config.cpus_per_worker, num_gpus=gpus, max_restarts=-1,
                                                     max_task_retries=config.max_task_retries)
@@ -464,6 +493,26 @@ def _run(ray: Any, jobs: list[VideoJob], options: AnonymizeOptions, config: Clus
             pool.submit(lambda a, u: a.run.remote(u, board), unit)
     else:
         actors, pool = [], None
+
+    def settle(video: int) -> None:
+        """A video whose units all succeeded is done, gets its render units (its analyses are all done), or
+        gets its parts joined (on the cluster, where they are)."""
+        if videos[video].status != "pending" or remaining[video]:
+            return
+        if video in deferred:
+            for unit in deferred.pop(video):
+                remaining[video].add(unit.key)
+                submitted.append(unit)
+                pool.submit(lambda a, u: a.run.remote(u, board), unit)
+            if remaining[video]:
+                return
+        if plans[video].parts:
+            joins[finish_task.remote(plans[video].parts, jobs[video], options.audio)] = video
+        else:
+            videos[video].status = "done"
+
+    for plan in plans:
+        settle(plan.video)  # a video whose parts (or analyses) were all finished by an earlier run goes on here
     results: dict[str, UnitResult] = {}
     last_report = 0.0
 
@@ -512,7 +561,7 @@ def _run(ray: Any, jobs: list[VideoJob], options: AnonymizeOptions, config: Clus
         for video in videos:
             if video.status == "pending":
                 video.status = "interrupted"
-    for unit in units:
+    for unit in submitted:
         if unit.key not in results and videos[unit.video].status == "pending":
             videos[unit.video].status = "failed"
             videos[unit.video].error = f"a worker was lost {config.max_task_retries + 1} times running {unit.key}"
