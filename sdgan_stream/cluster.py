@@ -15,39 +15,18 @@ re-encoded) into a temporary file renamed at the end. A rerun skips videos whose
 segments whose part exists (the parts folder is keyed by the input file and the options).
 
 Identity: a whole video keeps one fake identity per person, as a single run does, including a person
-who leaves the frame and comes back (the identity ledger, :mod:`sdgan_stream.identity_ledger`). Each
-segment runs its own tracker and ledger, seeded from the video's seed and the segment number, so
-within a segment the same holds; ACROSS a cut a person's fake face changes today (about every
-``segment_seconds``). That is the fail-closed choice: a new identity is always safe.
-
-Carrying identities across cuts (designed, not built). Segments render in parallel and a track's
-identity is chosen by the guard while rendering, so segment k+1 cannot learn k's choice without
-waiting for k to finish (the run would be serial); matching the overlap boxes alone says who is the
-same person, not which identity they got. So the identities must be fixed before rendering, in two
-phases per segmented video (``--method sdgan`` only: cover methods need no identities and skip
-phase 1):
-
-1. Analysis unit per segment (same actors): decode the segment with its overlap, run the detector
-   and tracker exactly as :func:`~sdgan_stream.api.anonymize_video` would (same options and tracker
-   seed), store every frame's detections in the parts folder (keyed like the parts, so a rerun
-   reuses them), and per track keep its boxes on the overlap frames (by pts) and the recognizer's
-   embeddings of its original face on up to 3 best views (the guard's ``view_quality``). No generator.
-2. The driver links (segment, track) pairs with a union-find, deterministically (sorted inputs):
-   an overlap link when tracks of segments k and k+1 have IoU >= 0.5 on most frames both decode
-   around the cut and each has exactly one such partner; a re-entry link by the ledger's rule
-   (strict embedding match on >= 2 views, one candidate only). No link may join two tracks that are
-   on screen in the same frame (doubt: new identity). Each person's seed derives from the video
-   seed and the smallest (segment, track) in its group.
-3. Render unit per segment: ``anonymize_video`` with a detector that replays the stored detections
-   in order (so the tracker makes the same tracks and ids as in phase 1, and detection is not paid
-   twice) and the map {track id -> person seed} handed to the identity guard as each track's
-   proposed identity, verified against this segment's own views exactly like a ledger match: a
-   failure draws a new identity. Two segments verifying the same seed show one face across the cut.
-   The parts folder's key must then include the seed map.
-
-What it needs that is not here: the stored-detections format and replaying detector, a guard hook
-for proposed seeds (the ledger's verify path is that hook), a second kind of unit in the runner with
-a per-video barrier between the phases, and tests of it on Ray.
+who leaves the frame and comes back (the identity ledger, :mod:`sdgan_stream.identity_ledger`), and
+ACROSS the cuts of a segmented video (:mod:`sdgan_stream.segment_identities`): with ``--method sdgan``
+(and the identity guard on, no ``--keep-faces``) a segmented video runs in two phases. First one
+"analyse" unit per segment (same actors, no generator) stores the segment's detections, tracks'
+boxes and original-face embeddings in the parts folder; when all of a video's analyses are done its
+render units start: each groups the tracks of all segments (overlap boxes, strict re-entry match;
+every unit computes the same grouping from the same files), replays its stored detections, and hands
+the identity guard each grouped track's shared identity, which the guard verifies on this segment's
+own face like any identity (a failure draws or covers: fail-closed). Each segment's tracker seed
+derives from the video's seed and the segment number, so a rerun of the same command (with
+``--seed``) makes the same analyses, groups and identity candidates. Cover methods need no
+identities and run one phase, as before.
 
 On a cluster every node needs this package installed, and the inputs and outputs on a file system
 all nodes see under the same path.
@@ -381,7 +360,6 @@ class AnonymizeWorker:
         result.frames, result.seconds, result.stats = report.frames, report.seconds, report.stats
         return result
 
-
     @staticmethod
     def _replay_with_identities(unit: WorkUnit, renderer: Any) -> ReplayDetector:
         """The detector replaying this segment's analysed detections; ``renderer``'s guard is handed the
@@ -482,7 +460,8 @@ def _run(ray: Any, jobs: list[VideoJob], options: AnonymizeOptions, config: Clus
     board = None
     frames_total = sum(unit.frames for unit in units) + sum(u.frames for waiting in deferred.values() for u in waiting)
     if units or deferred:
-        workers, gpus = _worker_count(ray.cluster_resources(), config, max(len(units), max(map(len, deferred.values()), default=0)))
+        most = max(len(units), max(map(len, deferred.values()), default=0))  # units that can run at once
+        workers, gpus = _worker_count(ray.cluster_resources(), config, most)
         log.info("%d units of work on %d workers (%g CPUs, %g GPUs each)", len(units), workers, config.cpus_per_worker, gpus)
         actor = ray.remote(AnonymizeWorker).options(num_cpus=config.cpus_per_worker, num_gpus=gpus, max_restarts=-1,
                                                     max_task_retries=config.max_task_retries)

@@ -265,7 +265,7 @@ class IdentityGuard:
         self._on_screen: set[int] | None = None
         self._proposals: dict[int, int] = {}  # track -> identity base shared with other segments' tracks
         self.counts = {"draws": 0, "verifications": 0, "failed_draws": 0, "failed_verifications": 0, "embeddings": 0,
-                       "reused_identities": 0}
+                       "reused_identities": 0, "kept_proposed_identities": 0}
 
     def propose(self, proposals: Mapping[int, int]) -> None:
         """Identity bases for tracks that a cluster run found to be one person with tracks of other
@@ -399,6 +399,7 @@ class IdentityGuard:
         if passing:
             if key in self._proposals:  # the same pick in every segment that passes the same candidates
                 best = passing[0]
+                self.counts["kept_proposed_identities"] += 1
             elif self.config.pick == "faithful" and landmark_errors is not None:
                 best = min(passing, key=lambda i: (landmark_errors[i], -nearest[i]))
             else:

@@ -22,7 +22,7 @@ from sdgan_stream.segment_identities import (ReplayDetector, SegmentAnalysis, an
                                              needs_identity_phase)
 from sdgan_stream.types import Detections
 
-from .test_cluster import _with_gop
+from .test_cluster import _with_gop, ray_instance  # noqa: F401 (a fixture)
 from .test_identity_guard import FakeRecognizer, _crop, _points
 
 
@@ -175,3 +175,43 @@ def test_one_person_keeps_one_identity_across_a_cut(plain_renderer: SdganRendere
         assert len(proposed) == 1, proposed  # the one person, found in both segments
         seeds.append(stream.guard.seed_of(next(iter(proposed))))
     assert seeds[0] is not None and seeds[0] == seeds[1]
+
+
+# -- on Ray: the two phases in the runner ------------------------------------------------------------------------
+def test_a_split_sdgan_video_on_ray_is_analysed_then_rendered_with_shared_identities(ray_instance, tmp_path: Path) -> None:
+    from sdgan_stream.cluster import ClusterConfig, VideoJob, run_cluster
+
+    from .conftest import read_frames
+    from .test_file_anonymizer import _assert_faces_covered
+
+    clip = make_face_clip(tmp_path / "raw.mp4", width=240, height=180, frames=40, fps=10, faces=1, face_width=70, seed=5)
+    clip = _with_gop(clip, tmp_path / "clip.mp4", 10)
+    options = AnonymizeOptions(method="sdgan", backend="eager", device="cpu", detect_size=(320, 320), seed=7, guard_candidates=2)
+    job = VideoJob(clip.path, tmp_path / "out.mp4")
+    report = run_cluster([job], options, ClusterConfig(segment_seconds=2.0))
+    video = report.videos[0]
+    assert (video.status, video.parts) == ("done", 2), report.table()
+    frames, pts, _ = read_frames(job.dst)
+    assert len(frames) == clip.frame_count and pts == read_frames(clip.path)[1]
+    _assert_faces_covered(read_frames(clip.path)[0], frames, clip)
+    # Each segment kept its person's proposed identity (or covered the face: then this count would be short).
+    assert video.stats.get("guard_kept_proposed_identities", 0) >= 2, video.stats
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # parts and analyses gone
+
+
+def test_only_sdgan_plans_analyses_first_and_a_rerun_reuses_them(tmp_path: Path) -> None:
+    from sdgan_stream.cluster import VideoJob, plan_video
+
+    clip = make_face_clip(tmp_path / "raw.mp4", width=160, height=120, frames=60, fps=10, faces=1, seed=5)
+    clip = _with_gop(clip, tmp_path / "clip.mp4", 10)
+    job = VideoJob(clip.path, tmp_path / "out.mp4")
+    covers = plan_video(0, job, AnonymizeOptions(method="pixelate", seed=7), 2.0)
+    assert covers.deferred == () and {u.kind for u in covers.units} == {"render"} and len(covers.units) >= 2
+    assert all(u.analyses == () for u in covers.units)
+    sdgan = AnonymizeOptions(method="sdgan", seed=7)
+    plan = plan_video(0, job, sdgan, 2.0)
+    assert [u.kind for u in plan.units] == ["analyse"] * len(plan.parts)
+    assert [u.seed for u in plan.units] == [u.seed for u in plan.deferred]  # same tracker in both phases
+    assert all(u.analyses == tuple(a.out for a in plan.units) for u in plan.deferred)
+    plan.units[0].out.touch()  # an analysis finished by an earlier run is not redone
+    assert [u.key for u in plan_video(0, job, sdgan, 2.0).units] == [u.key for u in plan.units[1:]]
