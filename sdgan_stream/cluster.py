@@ -373,7 +373,8 @@ class AnonymizeWorker:
         proposals = group_tracks(analyses, threshold=STRICTNESS * recognizer.same_person_distance,
                                  distances=recognizer.distances)
         renderer.guard.propose(proposals[unit.segment.index])
-        return ReplayDetector(analyses[unit.segment.index].detections)
+        own = analyses[unit.segment.index]
+        return ReplayDetector(own.detections, own.fingerprints)
 
 
 def _import_ray() -> Any:

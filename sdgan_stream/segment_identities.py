@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = ["RecordingDetector", "ReplayDetector", "SegmentAnalysis", "analyse_segment", "group_tracks",
-           "needs_identity_phase"]
+           "image_fingerprint", "needs_identity_phase"]
 
 MIN_OVERLAP_FRAMES = 3  # frames of agreeing boxes an overlap link needs at least
 OVERLAP_IOU = 0.5
@@ -59,14 +60,22 @@ def needs_identity_phase(options: AnonymizeOptions) -> bool:
 
 
 # -- detections: recorded in phase 1, replayed in phase 3 -----------------------------------------------------
+def image_fingerprint(image: np.ndarray) -> int:
+    """A cheap check that a replayed frame is the analysed one (decoding is bit-exact run to run)."""
+    return zlib.crc32(np.ascontiguousarray(image[::8, ::8]).tobytes()) ^ (image.shape[0] << 16 | image.shape[1])
+
+
 class RecordingDetector:
-    """Passes ``detector``'s answers through and keeps them in order (None where it raised)."""
+    """Passes ``detector``'s answers through and keeps them in order (None where it raised), with each
+    image's fingerprint."""
 
     def __init__(self, detector: Any) -> None:
         self.detector = detector
         self.frames: list[Detections | None] = []
+        self.fingerprints: list[int] = []
 
     def detect(self, image: np.ndarray) -> Detections:
+        self.fingerprints.append(image_fingerprint(image))
         try:
             detections = self.detector.detect(image)
         except Exception:
@@ -77,17 +86,23 @@ class RecordingDetector:
 
 
 class ReplayDetector:
-    """Answers each call with the next recorded detections; raises where the recording raised, and on
-    any call past the recording (the frame is then covered whole: fail-closed)."""
+    """Answers each call with the next recorded detections. Raises where the recording raised, on an
+    image other than the recorded one, and on any call past the recording: the frame is then covered
+    whole (fail-closed), never given another frame's faces."""
 
-    def __init__(self, frames: Sequence[Detections | None]) -> None:
+    def __init__(self, frames: Sequence[Detections | None], fingerprints: Sequence[int]) -> None:
+        if len(frames) != len(fingerprints):
+            raise ValueError("one fingerprint per recorded frame")
         self.frames = list(frames)
+        self.fingerprints = list(fingerprints)
         self.calls = 0
 
     def detect(self, image: np.ndarray) -> Detections:
         index, self.calls = self.calls, self.calls + 1
         if index >= len(self.frames):
             raise RuntimeError(f"replayed detections: frame {index} was not analysed ({len(self.frames)} were)")
+        if image_fingerprint(image) != self.fingerprints[index]:
+            raise RuntimeError(f"replayed detections: frame {index} is not the analysed image")
         detections = self.frames[index]
         if detections is None:
             raise RuntimeError(f"replayed detections: detection failed on frame {index} in the analysis")
@@ -101,7 +116,8 @@ class SegmentAnalysis:
 
     segment: int
     pts: np.ndarray  # (n,) int64: every decoded frame, in order
-    detections: list[Detections | None]  # per decoded frame; None: the detector raised there
+    detections: list[Detections | None]  # per detector call (one per decoded frame); None: it raised there
+    fingerprints: np.ndarray  # (n,) int64: :func:`image_fingerprint` of each detector call's image
     faces: np.ndarray  # (m, 6) float64 rows: track id, pts, x1, y1, x2, y2 (every tracked face shown)
     written: np.ndarray  # (m,) bool: the row's frame is one this segment writes
     bases: dict[int, int]  # track id -> its tracker identity seed
@@ -110,15 +126,15 @@ class SegmentAnalysis:
     def save(self, path: Path) -> None:
         """Written under a temporary name and renamed: a file under ``path`` is always complete."""
         counts = np.array([-1 if d is None else len(d) for d in self.detections], np.int64)
-        found = [d for d in self.detections if d is not None and len(d)]
-        cat = (lambda name, shape: np.concatenate([getattr(d, name) for d in found]) if found else np.zeros(shape, np.float32))
+        found = [d for d in self.detections if d is not None and len(d)] or [Detections.empty()]
         tracks = sorted(self.views)
+        embeddings = np.concatenate([self.views[t] for t in tracks]) if tracks else np.zeros((0, 0), np.float32)
         temp = path.with_name(f".{path.stem}.partial.npz")
-        np.savez(temp, segment=self.segment, pts=self.pts, counts=counts, boxes=cat("boxes", (0, 4)),
-                 scores=cat("scores", (0,)), landmarks=cat("landmarks", (0, 5, 2)), faces=self.faces, written=self.written,
+        np.savez(temp, segment=self.segment, pts=self.pts, fingerprints=self.fingerprints, counts=counts,
+                 boxes=np.concatenate([d.boxes for d in found]), scores=np.concatenate([d.scores for d in found]),
+                 landmarks=np.concatenate([d.landmarks for d in found]), faces=self.faces, written=self.written,
                  bases=np.array(sorted(self.bases.items()), np.int64).reshape(-1, 2),
-                 view_tracks=np.array([t for t in tracks for _ in self.views[t]], np.int64),
-                 view_embeddings=(np.concatenate([self.views[t] for t in tracks]) if tracks else np.zeros((0, 0), np.float32)))
+                 view_tracks=np.array([t for t in tracks for _ in self.views[t]], np.int64), view_embeddings=embeddings)
         os.replace(temp, path)
 
     @classmethod
@@ -135,7 +151,8 @@ class SegmentAnalysis:
                 start += n
             view_tracks, embeddings = data["view_tracks"], data["view_embeddings"]
             views = {int(t): embeddings[view_tracks == t] for t in np.unique(view_tracks)}
-            return cls(segment=int(data["segment"]), pts=data["pts"], detections=detections, faces=data["faces"],
+            return cls(segment=int(data["segment"]), pts=data["pts"], detections=detections,
+                       fingerprints=data["fingerprints"], faces=data["faces"],
                        written=data["written"].astype(bool), bases={int(t): int(s) for t, s in data["bases"]}, views=views)
 
 
@@ -186,6 +203,7 @@ def analyse_segment(src: Path, segment: Segment, options: AnonymizeOptions, *, d
         collect(anonymizer.analyse_flush())
     return SegmentAnalysis(
         segment=segment.index, pts=np.array(pts, np.int64), detections=recording.frames,
+        fingerprints=np.array(recording.fingerprints, np.int64),
         faces=np.array(rows, np.float64).reshape(-1, 6), written=np.array(written, bool), bases=bases,
         views={track: np.stack([e for _, e in kept]).astype(np.float32) for track, kept in best.items()},
     )

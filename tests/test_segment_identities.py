@@ -19,7 +19,7 @@ from sdgan_stream.io.segments import plan_segments, read_index
 from sdgan_stream.render import SdganRenderer
 from sdgan_stream.samples import make_face_clip
 from sdgan_stream.segment_identities import (ReplayDetector, SegmentAnalysis, analyse_segment, group_tracks,
-                                             needs_identity_phase)
+                                             image_fingerprint, needs_identity_phase)
 from sdgan_stream.types import Detections
 
 from .test_cluster import _with_gop, ray_instance  # noqa: F401 (a fixture)
@@ -36,7 +36,8 @@ def _analysis(segment: int, pts: range, rows: list[tuple[int, int, tuple[float, 
     """A segment decoding ``pts`` and writing ``writes``, with tracked faces ``(track, pts, box)``."""
     faces = np.array([(t, p, *box) for t, p, box in rows], np.float64).reshape(-1, 6)
     return SegmentAnalysis(
-        segment=segment, pts=np.array(pts), detections=[Detections.empty() for _ in pts], faces=faces,
+        segment=segment, pts=np.array(pts), detections=[Detections.empty() for _ in pts],
+        fingerprints=np.zeros(len(pts), np.int64), faces=faces,
         written=np.array([p in writes for _, p, _ in rows], bool), bases={t: 1000 * segment + t for t, _, _ in rows},
         views={t: np.array([[v, 0.0] for v in values], np.float32) for t, values in (views or {}).items()},
     )
@@ -56,7 +57,9 @@ A, B = (10.0, 10.0, 60.0, 60.0), (200.0, 10.0, 250.0, 60.0)
 # -- stored and replayed detections ----------------------------------------------------------------------------
 def test_an_analysis_round_trips_and_replays_in_order(tmp_path: Path) -> None:
     analysis = _analysis(0, range(3), [(1, 0, A), (1, 1, A)], range(2), views={1: [0.1, 0.2]})
+    images = [np.full((16, 16, 3), v, np.uint8) for v in (1, 2, 3)]
     analysis.detections = [_detections(A), None, _detections(A, B)]
+    analysis.fingerprints = np.array([image_fingerprint(i) for i in images], np.int64)
     analysis.save(tmp_path / "a.npz")
     loaded = SegmentAnalysis.load(tmp_path / "a.npz")
     assert [None if d is None else len(d) for d in loaded.detections] == [1, None, 2]
@@ -64,13 +67,15 @@ def test_an_analysis_round_trips_and_replays_in_order(tmp_path: Path) -> None:
     np.testing.assert_array_equal(loaded.faces, analysis.faces)
     assert loaded.bases == {1: 1} and loaded.written.tolist() == [True, True]
     np.testing.assert_array_equal(loaded.views[1], analysis.views[1])
-    replay = ReplayDetector(loaded.detections)
-    assert len(replay.detect(np.zeros(1))) == 1
+    replay = ReplayDetector(loaded.detections, loaded.fingerprints)
+    assert len(replay.detect(images[0])) == 1
     with pytest.raises(RuntimeError):  # detection failed there: the frame is covered whole, as it was
-        replay.detect(np.zeros(1))
-    assert len(replay.detect(np.zeros(1))) == 2
+        replay.detect(images[1])
+    assert len(replay.detect(images[2])) == 2
     with pytest.raises(RuntimeError):  # past the recording: never an unanalysed frame with no faces
-        replay.detect(np.zeros(1))
+        replay.detect(images[2])
+    with pytest.raises(RuntimeError):  # another image than the analysed one: never its faces
+        ReplayDetector(loaded.detections, loaded.fingerprints).detect(images[2])
 
 
 def test_only_identity_runs_pay_for_the_analysis() -> None:
