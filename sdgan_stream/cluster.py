@@ -15,39 +15,18 @@ re-encoded) into a temporary file renamed at the end. A rerun skips videos whose
 segments whose part exists (the parts folder is keyed by the input file and the options).
 
 Identity: a whole video keeps one fake identity per person, as a single run does, including a person
-who leaves the frame and comes back (the identity ledger, :mod:`sdgan_stream.identity_ledger`). Each
-segment runs its own tracker and ledger, seeded from the video's seed and the segment number, so
-within a segment the same holds; ACROSS a cut a person's fake face changes today (about every
-``segment_seconds``). That is the fail-closed choice: a new identity is always safe.
-
-Carrying identities across cuts (designed, not built). Segments render in parallel and a track's
-identity is chosen by the guard while rendering, so segment k+1 cannot learn k's choice without
-waiting for k to finish (the run would be serial); matching the overlap boxes alone says who is the
-same person, not which identity they got. So the identities must be fixed before rendering, in two
-phases per segmented video (``--method sdgan`` only: cover methods need no identities and skip
-phase 1):
-
-1. Analysis unit per segment (same actors): decode the segment with its overlap, run the detector
-   and tracker exactly as :func:`~sdgan_stream.api.anonymize_video` would (same options and tracker
-   seed), store every frame's detections in the parts folder (keyed like the parts, so a rerun
-   reuses them), and per track keep its boxes on the overlap frames (by pts) and the recognizer's
-   embeddings of its original face on up to 3 best views (the guard's ``view_quality``). No generator.
-2. The driver links (segment, track) pairs with a union-find, deterministically (sorted inputs):
-   an overlap link when tracks of segments k and k+1 have IoU >= 0.5 on most frames both decode
-   around the cut and each has exactly one such partner; a re-entry link by the ledger's rule
-   (strict embedding match on >= 2 views, one candidate only). No link may join two tracks that are
-   on screen in the same frame (doubt: new identity). Each person's seed derives from the video
-   seed and the smallest (segment, track) in its group.
-3. Render unit per segment: ``anonymize_video`` with a detector that replays the stored detections
-   in order (so the tracker makes the same tracks and ids as in phase 1, and detection is not paid
-   twice) and the map {track id -> person seed} handed to the identity guard as each track's
-   proposed identity, verified against this segment's own views exactly like a ledger match: a
-   failure draws a new identity. Two segments verifying the same seed show one face across the cut.
-   The parts folder's key must then include the seed map.
-
-What it needs that is not here: the stored-detections format and replaying detector, a guard hook
-for proposed seeds (the ledger's verify path is that hook), a second kind of unit in the runner with
-a per-video barrier between the phases, and tests of it on Ray.
+who leaves the frame and comes back (the identity ledger, :mod:`sdgan_stream.identity_ledger`), and
+ACROSS the cuts of a segmented video (:mod:`sdgan_stream.segment_identities`): with ``--method sdgan``
+(and the identity guard on, no ``--keep-faces``) a segmented video runs in two phases. First one
+"analyse" unit per segment (same actors, no generator) stores the segment's detections, tracks'
+boxes and original-face embeddings in the parts folder; when all of a video's analyses are done its
+render units start: each groups the tracks of all segments (overlap boxes, strict re-entry match;
+every unit computes the same grouping from the same files), replays its stored detections, and hands
+the identity guard each grouped track's shared identity, which the guard verifies on this segment's
+own face like any identity (a failure draws or covers: fail-closed). Each segment's tracker seed
+derives from the video's seed and the segment number, so a rerun of the same command (with
+``--seed``) makes the same analyses, groups and identity candidates. Cover methods need no
+identities and run one phase, as before.
 
 On a cluster every node needs this package installed, and the inputs and outputs on a file system
 all nodes see under the same path.
@@ -71,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import AnonymizeOptions
 from .errors import SdganStreamError
+from .segment_identities import ReplayDetector, SegmentAnalysis, analyse_segment, group_tracks, needs_identity_phase
 
 if TYPE_CHECKING:
     from .io.segments import Segment
@@ -129,6 +109,11 @@ class WorkUnit:
     segment: Segment | None
     seed: int | None  # tracker seed (identities); None: the options' own
     frames: int  # frames it writes, for the progress bar (0: unknown)
+    # Identities across cuts (:mod:`sdgan_stream.segment_identities`): an "analyse" unit writes the segment's
+    # analysis to ``out``; a "render" unit with ``analyses`` (every segment's, in order) replays its own
+    # segment's detections and proposes the identities the grouping of all of them gives.
+    kind: str = "render"
+    analyses: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -137,6 +122,7 @@ class VideoPlan:
     units: tuple[WorkUnit, ...] = ()  # still to run (finished parts of an earlier run are not)
     parts: tuple[Path, ...] = ()  # every part in order; empty when the video is one unit
     skipped: bool = False  # its output exists already
+    deferred: tuple[WorkUnit, ...] = ()  # render units that wait for all of ``units`` (the analyses)
     error: str | None = None
 
 
@@ -260,13 +246,20 @@ def plan_video(video: int, job: VideoJob, options: AnonymizeOptions, segment_sec
         folder.mkdir(exist_ok=True)
         base = options.seed if options.seed is not None else secrets.randbits(31)
         parts, units = [], []
+        two_phases = needs_identity_phase(options)
+        analyses = tuple(folder / f"analysis-{s.index:04d}.npz" for s in segments) if two_phases else ()
         for segment in segments:
             part = folder / f"part-{segment.index:04d}{job.dst.suffix}"
             parts.append(part)
             if not part.exists():
                 seed = segment_seed(base, segment.index)
-                units.append(WorkUnit(f"{video}/{segment.index}", video, job.src, part, segment, seed, segment.frame_count))
-        return VideoPlan(video, units=tuple(units), parts=tuple(parts))
+                units.append(WorkUnit(f"{video}/{segment.index}", video, job.src, part, segment, seed, segment.frame_count,
+                                      analyses=analyses))
+        if not two_phases:
+            return VideoPlan(video, units=tuple(units), parts=tuple(parts))
+        analyse = tuple(WorkUnit(f"{video}/a{s.index}", video, job.src, path, s, segment_seed(base, s.index), 0, kind="analyse")
+                        for s, path in zip(segments, analyses) if not path.exists())
+        return VideoPlan(video, units=analyse, parts=tuple(parts), deferred=tuple(units))
     except (SdganStreamError, OSError) as error:
         return VideoPlan(video, error=str(error))
 
@@ -343,7 +336,16 @@ class AnonymizeWorker:
         board.report.remote(unit.key, 0, worker)
         try:
             detector, renderer = self._models()
-            report = anonymize_video(unit.src, temp, options=self.options.with_overrides(seed=unit.seed), detector=detector,
+            options = self.options.with_overrides(seed=unit.seed)
+            if unit.kind == "analyse":
+                assert unit.segment is not None
+                started = time.monotonic()
+                analyse_segment(unit.src, unit.segment, options, detector=detector, renderer=renderer).save(unit.out)
+                result.seconds = time.monotonic() - started
+                return result
+            if unit.analyses:
+                detector = self._replay_with_identities(unit, renderer)
+            report = anonymize_video(unit.src, temp, options=options, detector=detector,
                                      renderer=renderer, segment=unit.segment, on_frame_written=count)
             if report.interrupted:
                 raise SdganStreamError("interrupted")
@@ -357,6 +359,22 @@ class AnonymizeWorker:
         board.report.remote(unit.key, report.frames, worker)
         result.frames, result.seconds, result.stats = report.frames, report.seconds, report.stats
         return result
+
+    @staticmethod
+    def _replay_with_identities(unit: WorkUnit, renderer: Any) -> ReplayDetector:
+        """The detector replaying this segment's analysed detections; ``renderer``'s guard is handed the
+        identities that the grouping of all the video's analyses gives this segment's tracks (every render
+        unit of the video computes the same grouping from the same files)."""
+        from .exempt import STRICTNESS
+
+        assert unit.segment is not None
+        analyses = [SegmentAnalysis.load(path) for path in unit.analyses]
+        recognizer = renderer.guard.recognizer
+        proposals = group_tracks(analyses, threshold=STRICTNESS * recognizer.same_person_distance,
+                                 distances=recognizer.distances)
+        renderer.guard.propose(proposals[unit.segment.index])
+        own = analyses[unit.segment.index]
+        return ReplayDetector(own.detections, own.fingerprints)
 
 
 def _import_ray() -> Any:
@@ -437,23 +455,14 @@ def _run(ray: Any, jobs: list[VideoJob], options: AnonymizeOptions, config: Clus
     finish_task = ray.remote(num_cpus=0)(finish_segmented_video)
     joins: dict[Any, int] = {}  # join task -> video
     remaining = [{unit.key for unit in plan.units} for plan in plans]  # units without a successful result yet
-
-    def settle(video: int) -> None:
-        """A video whose units all succeeded is done, or gets its parts joined (on the cluster, where they are)."""
-        if videos[video].status != "pending" or remaining[video]:
-            return
-        if plans[video].parts:
-            joins[finish_task.remote(plans[video].parts, jobs[video], options.audio)] = video
-        else:
-            videos[video].status = "done"
-
-    for plan in plans:
-        settle(plan.video)  # a video whose parts were all finished by an earlier run needs only its join
+    deferred = {plan.video: plan.deferred for plan in plans if plan.deferred}  # render units after the analyses
+    submitted = list(units)
     workers = 0
     board = None
-    frames_total = sum(unit.frames for unit in units)
-    if units:
-        workers, gpus = _worker_count(ray.cluster_resources(), config, len(units))
+    frames_total = sum(unit.frames for unit in units) + sum(u.frames for waiting in deferred.values() for u in waiting)
+    if units or deferred:
+        most = max(len(units), max(map(len, deferred.values()), default=0))  # units that can run at once
+        workers, gpus = _worker_count(ray.cluster_resources(), config, most)
         log.info("%d units of work on %d workers (%g CPUs, %g GPUs each)", len(units), workers, config.cpus_per_worker, gpus)
         actor = ray.remote(AnonymizeWorker).options(num_cpus=config.cpus_per_worker, num_gpus=gpus, max_restarts=-1,
                                                     max_task_retries=config.max_task_retries)
@@ -464,6 +473,26 @@ def _run(ray: Any, jobs: list[VideoJob], options: AnonymizeOptions, config: Clus
             pool.submit(lambda a, u: a.run.remote(u, board), unit)
     else:
         actors, pool = [], None
+
+    def settle(video: int) -> None:
+        """A video whose units all succeeded is done, gets its render units (its analyses are all done), or
+        gets its parts joined (on the cluster, where they are)."""
+        if videos[video].status != "pending" or remaining[video]:
+            return
+        if video in deferred:
+            for unit in deferred.pop(video):
+                remaining[video].add(unit.key)
+                submitted.append(unit)
+                pool.submit(lambda a, u: a.run.remote(u, board), unit)
+            if remaining[video]:
+                return
+        if plans[video].parts:
+            joins[finish_task.remote(plans[video].parts, jobs[video], options.audio)] = video
+        else:
+            videos[video].status = "done"
+
+    for plan in plans:
+        settle(plan.video)  # a video whose parts (or analyses) were all finished by an earlier run goes on here
     results: dict[str, UnitResult] = {}
     last_report = 0.0
 
@@ -512,7 +541,7 @@ def _run(ray: Any, jobs: list[VideoJob], options: AnonymizeOptions, config: Clus
         for video in videos:
             if video.status == "pending":
                 video.status = "interrupted"
-    for unit in units:
+    for unit in submitted:
         if unit.key not in results and videos[unit.video].status == "pending":
             videos[unit.video].status = "failed"
             videos[unit.video].error = f"a worker was lost {config.max_task_retries + 1} times running {unit.key}"

@@ -25,7 +25,7 @@ an insightface model pack or an ArcFace ONNX file. No model is ever downloaded.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -263,8 +263,16 @@ class IdentityGuard:
         self._states: dict[int, _TrackState] = {}
         self._frame = 0
         self._on_screen: set[int] | None = None
+        self._proposals: dict[int, int] = {}  # track -> identity base shared with other segments' tracks
         self.counts = {"draws": 0, "verifications": 0, "failed_draws": 0, "failed_verifications": 0, "embeddings": 0,
-                       "reused_identities": 0}
+                       "reused_identities": 0, "kept_proposed_identities": 0}
+
+    def propose(self, proposals: Mapping[int, int]) -> None:
+        """Identity bases for tracks that a cluster run found to be one person with tracks of other
+        segments (:mod:`sdgan_stream.segment_identities`): such a track skips the ledger, draws its base's
+        candidates, and keeps the first that passes, so that every segment showing this person tends
+        to keep the same one. Verified like any draw."""
+        self._proposals = {int(k): int(v) for k, v in proposals.items()}
 
     # -- frame bookkeeping -----------------------------------------------------------------------
     def start_frame(self, on_screen: Collection[int] | None = None) -> None:
@@ -290,6 +298,11 @@ class IdentityGuard:
         """The track's kept identity's distance to the person at its last check (NaN: unknown track)."""
         state = self._states.get(key)
         return state.distance if state is not None else float("nan")
+
+    def seed_of(self, key: int) -> int | None:
+        """The track's verified identity seed (None: none yet, or an unknown track)."""
+        state = self._states.get(key)
+        return state.seed if state is not None else None
 
     def candidate_distances_of(self, key: int) -> tuple[float, ...]:
         """Every candidate's distance to the person at the track's last draw."""
@@ -330,7 +343,8 @@ class IdentityGuard:
         if state.seed is None:
             if state.failed_at is not None and self._frame - state.failed_at < self.config.retry_after:
                 return GuardDecision("cover")
-            if state.ledger == "ask" and self.ledger is not None and key >= 0:  # untracked faces (key < 0) live one frame
+            # untracked faces (key < 0) live one frame; a proposed identity (segment cuts) skips the ledger
+            if state.ledger == "ask" and self.ledger is not None and key >= 0 and key not in self._proposals:
                 reused = self._ask_ledger(key, state)
                 if reused is not None:
                     return reused
@@ -368,7 +382,8 @@ class IdentityGuard:
 
     def candidates(self, key: int, identity_seed: int) -> list[int]:
         state = self._state(key)
-        return [candidate_seed(identity_seed, state.attempt, k) for k in range(self.config.candidates)]
+        base = self._proposals.get(key, identity_seed)
+        return [candidate_seed(base, state.attempt, k) for k in range(self.config.candidates)]
 
     def choose(self, key: int, seeds: Sequence[int], crops: Sequence[np.ndarray], landmarks68_crop: Sequence[np.ndarray],
                *, landmark_errors: Sequence[float] | None = None) -> int | None:
@@ -383,7 +398,10 @@ class IdentityGuard:
         self._checked(state)
         passing = [i for i in range(len(seeds)) if nearest[i] >= self.min_distance]
         if passing:
-            if self.config.pick == "faithful" and landmark_errors is not None:
+            if key in self._proposals:  # the same pick in every segment that passes the same candidates
+                best = passing[0]
+                self.counts["kept_proposed_identities"] += 1
+            elif self.config.pick == "faithful" and landmark_errors is not None:
                 best = min(passing, key=lambda i: (landmark_errors[i], -nearest[i]))
             else:
                 best = max(passing, key=lambda i: nearest[i])
