@@ -85,9 +85,10 @@ class AnonymizeOptions:
     guard_pick: str = "faithful"  # faithful (best landmarks past the margin) | farthest (largest distance)
     keep_faces: str | None = None  # folder of photos of people left visible (matched strictly, fail-closed)
     # Pipeline (issue 16): analysis of frame N+1 (detect, track, look-back) on its own thread while
-    # frame N is rendered; for files the output is the same bit for bit. Live: the newest frame is analysed
-    # while the previous one is rendered (one frame more latency, more frames per second).
-    parallel: bool = False
+    # frame N is rendered; for files the output is the same bit for bit (tested). Measured on 2 cores
+    # (benchmarks/results/parallel.json): blur 6-10% faster than serial, sdgan the same (its rendering is the
+    # slower stage there). Live: the newest frame is analysed while the previous one is rendered.
+    parallel: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
