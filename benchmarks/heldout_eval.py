@@ -31,6 +31,8 @@ VARIANTS = {
     "sdgan_guard_on": ["--method", "sdgan"],  # the default pick: faithful
     "sdgan_guard_on_farthest": ["--method", "sdgan", "--guard-pick", "farthest"],
     "blur": ["--method", "blur"],
+    "pixelate": ["--method", "pixelate"],
+    "solid": ["--method", "solid"],
 }
 
 

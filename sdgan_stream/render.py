@@ -29,6 +29,7 @@ from .blend import paste_back
 from .config import check_frame_path
 from .faceprep import FaceFallback, PreparedFace, masked_input, prepare_faces, region_mask_from_labels
 from .semantic import one_hot, rasterize_semantic_map
+from .stabilize import DEFAULT_JITTER, LandmarkStabilizer, StabilizedLandmarker
 from .types import Face
 
 if TYPE_CHECKING:
@@ -46,6 +47,12 @@ FramePath = Literal["auto", "host", "device"]
 
 # Share of the detected face's centre (the middle 60% of its box) the replaced region must cover.
 MIN_CENTRE_COVERAGE = 0.9
+# Per-frame decay of a track's replaced-region memory: a crop pixel stays replaced while
+# max(this frame's region, REGION_MEMORY x last frame's memory) > 0.5, i.e. 6 frames after it left the
+# region. The region's edge follows the detector's box and yaw estimate, which jitter by pixels from frame
+# to frame; a region that changed shape every frame made the pasted face's edge flicker. It only ever
+# adds to the region, never removes from it (privacy fails closed).
+REGION_MEMORY = 0.9
 
 
 def centre_coverage(prepared: PreparedFace) -> float:
@@ -96,6 +103,7 @@ class SdganRenderer:
         batch_size: int = 16,
         temporal_smoothing: float = 0.5,
         reshape_strength: float = 3.5,
+        landmark_jitter: float = DEFAULT_JITTER,
         frame_path: FramePath = "auto",
         guard: IdentityGuard | None = None,
         prepares_in_analysis: bool | None = None,
@@ -109,8 +117,11 @@ class SdganRenderer:
         # the raw generator output flicker; a running average per track steadies the face. Holds only
         # the tracks drawn by the previous call, so it cannot grow on long streams.
         self._previous: dict[tuple[int, int], np.ndarray] = {}
+        self._regions: dict[int, np.ndarray] = {}  # track id -> replaced-region memory (crop space), last frame's tracks
         self.config = config
         self.landmarker = landmarker
+        # Tracked faces' landmarks filtered over time (0: off): their jitter moved the crop, map and paste.
+        self.stabilizer = LandmarkStabilizer(jitter=landmark_jitter)
         self.fallback = fallback
         self.batch_size = batch_size
         self.guard = guard
@@ -181,6 +192,8 @@ class SdganRenderer:
         identity ledger's persons belong to one video."""
         clone = copy.copy(self)
         clone._previous = {}
+        clone._regions = {}
+        clone.stabilizer = LandmarkStabilizer(jitter=self.stabilizer.jitter, floor=self.stabilizer.floor)
         clone.last_generated = []
         if self.guard is not None:
             from .identity_guard import IdentityGuard
@@ -189,10 +202,16 @@ class SdganRenderer:
             clone.guard = IdentityGuard(self.guard.recognizer, self.guard.config, ledger=ledger)
         return clone
 
-    def prepare(self, image: np.ndarray, faces: Sequence[Face]) -> list[PreparedFace | FaceFallback]:
-        """Landmarks, aligned crop, semantic map and region of every face (pure: reads only ``image``)."""
-        return prepare_faces(image, faces, landmarker=self.landmarker, size=self.config.image_size,
-                             with_crops=self._device_frames is None or self.guard is not None)
+    def prepare(self, image: np.ndarray, faces: Sequence[Face], *, steady: bool = True) -> list[PreparedFace | FaceFallback]:
+        """Landmarks, aligned crop, semantic map and region of every face. Reads only ``image``; with
+        ``steady`` the tracked faces' landmarks are smoothed per track (:mod:`sdgan_stream.stabilize`), so
+        it must then run once per frame, in frame order, on one thread (the analysis thread, or rendering)."""
+        landmarker = StabilizedLandmarker(self.landmarker, self.stabilizer) if steady else self.landmarker
+        out = prepare_faces(image, faces, landmarker=landmarker, size=self.config.image_size,
+                            with_crops=self._device_frames is None or self.guard is not None)
+        if steady:
+            self.stabilizer.end_frame()
+        return out
 
     def render(self, image: np.ndarray, faces: Sequence[Face], prepared: object | None = None) -> list[FaceOutcome]:
         """Draw every face of ``faces``; ``prepared`` is :meth:`prepare`'s result for these faces (or for
@@ -211,7 +230,9 @@ class SdganRenderer:
             candidates, refused = self._guarded(image, candidates)
             outcomes += [self._cover(image, face, "identity_guard") for face in refused]
         # The generator sees each face with its (guard-chosen) identity seed; outcomes name the faces as given.
-        ready = [self._reshaped(prepared) for prepared in candidates]
+        regions: dict[int, np.ndarray] = {}
+        ready = [self._steady_region(self._reshaped(prepared), regions) for prepared in candidates]
+        self._regions = regions
         self.last_generated = []
         current: dict[tuple[int, int], np.ndarray] = {}
         if self._device_frames is not None:
@@ -233,10 +254,12 @@ class SdganRenderer:
     def _preparation(self, image: np.ndarray, faces: Sequence[Face], prepared: object | None) -> list[PreparedFace | FaceFallback]:
         """One prepared entry per face of ``faces``, in order: taken from ``prepared`` (matched by face
         object: a keep-faces filter may have removed some), the rest prepared now."""
-        made = {id(item.face): item for item in prepared} if isinstance(prepared, list) else {}
+        if not isinstance(prepared, list):
+            return self.prepare(image, faces)
+        made = {id(item.face): item for item in prepared}
         missing = [face for face in faces if id(face) not in made]
-        if missing:
-            made.update((id(item.face), item) for item in self.prepare(image, missing))
+        if missing:  # the analysis stage owns the smoothing state: prepare these without it
+            made.update((id(item.face), item) for item in self.prepare(image, missing, steady=False))
         return [made[id(face)] for face in faces]
 
     # -- identity guard ---------------------------------------------------------------------------
@@ -397,6 +420,20 @@ class SdganRenderer:
         reshaped = dataclasses.replace(prepared, labels=labels, region_mask=region)
         self._reshaped_this_frame[key] = reshaped
         return reshaped
+
+    def _steady_region(self, prepared: PreparedFace, regions: dict[int, np.ndarray]) -> PreparedFace:
+        """A tracked face's replaced region joined with its recent regions (see ``REGION_MEMORY``); the
+        memory is stored in ``regions`` under the track id. In crop space, which the stabilized landmarks
+        keep fixed to the face, so the union follows the head as it moves."""
+        if prepared.face.track_id is None:
+            return prepared
+        key = int(prepared.face.track_id)
+        memory = prepared.region_mask
+        previous = self._regions.get(key)
+        if previous is not None and previous.shape == memory.shape:
+            memory = np.maximum(memory, REGION_MEMORY * previous)
+        regions[key] = memory
+        return dataclasses.replace(prepared, region_mask=(memory > 0.5).astype(np.float32))
 
     def _cover(self, image: np.ndarray, face: Face, reason: str) -> FaceOutcome:
         outcome = self.fallback.render(image, [face])[0]
