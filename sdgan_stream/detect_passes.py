@@ -240,7 +240,8 @@ class MultiPassDetector:
             is detected in overlapping tiles plus once shrunk into one tile; ``None`` = never tiled.
         border: mirrored pad on the frame edges, as a fraction of the frame's shorter side.
         rotations: quarter turns (90, 180, 270) tried on a schedule, one per ``rotation_every`` frames.
-        rotation_every: frames between two scheduled turns; 0 = no turns.
+        rotation_every: frames between two scheduled turns (discovery; a face found turned is then
+            followed on every frame in a crop, see the module docstring); 0 = no turns.
         turned_min_score: least score of a detection from a turned view (see :data:`TURNED_MIN_SCORE`).
     """
 
@@ -276,7 +277,8 @@ class MultiPassDetector:
         self._followed: list[_Followed] = []
         scale = "at full resolution" if detect_size is None else f"shrunk into {detect_size[0]}x{detect_size[1]}"
         tiles = "never tiled" if tile_size is None else f"tiled above {tile_size[0]}x{tile_size[1]}"
-        turns = f"a quarter turn every {self.rotation_every} frame(s)" if self.rotation_every else "no turns"
+        turns = (f"a quarter turn every {self.rotation_every} frame(s), turned faces followed" if self.rotation_every
+                 else "no turns")
         log.info("detector passes: frames %s, %s, border pad %g, %s", scale, tiles, border, turns)
 
     @property
