@@ -6,8 +6,9 @@ alignment that cuts the crop and pastes it back, the semantic map, the replaced 
 jitter makes the generated face slide and change over the real one: on the held-out clip the
 anonymized faces changed 7x more between frames than the real ones (``evaluate``'s flicker).
 
-The filter predicts each point from its last position and velocity, then follows the new fit only as
-far as the difference looks like motion, not jitter: a residual ``r`` (per point) moves the point by
+The filter predicts each point by moving its last filtered position with the head's motion (the
+similarity that best maps the last filtered points onto the new fit, all 68 at once: no lag on turns or
+moves), then follows the rest of the new fit only as far as the difference looks like motion, not jitter: a residual ``r`` (per point) moves the point by
 ``g * r`` with ``g = max(floor, r^2 / (r^2 + tau^2))`` and ``tau = jitter`` inter-ocular distances. Small
 residuals (jitter) are damped, large ones (a turn, an opening mouth) pass almost whole. Whatever the
 history, a filtered point is never farther than ``tau / 2`` from the current fit
