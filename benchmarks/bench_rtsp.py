@@ -82,7 +82,9 @@ def run_once(args: argparse.Namespace, method: str, detect_size: str | None, cli
         overrides["detect_size"] = parse_size(detect_size)
     if args.rotation_every is not None:
         overrides["rotation_every"] = args.rotation_every
-    options = AnonymizeOptions(method=method, track=not args.no_track, seed=0, parallel=args.parallel, **overrides)
+    if args.parallel is not None:
+        overrides["parallel"] = args.parallel
+    options = AnonymizeOptions(method=method, track=not args.no_track, seed=0, **overrides)
     source = RtspServer(clip_path, log_path=workdir / f"{method}_input.log").start()
     sink = RtspServer(log_path=workdir / f"{method}_output.log").start()
     parts: dict[str, LiveComponents] = {}
@@ -165,7 +167,7 @@ def run_once(args: argparse.Namespace, method: str, detect_size: str | None, cli
     return {
         "method": method,
         "track": options.track,
-        "detector_threads": live_detector_threads(),
+        "detector_threads": live_detector_threads(options.parallel),
         "detect_size": list(options.detect_size) if options.detect_size else None,
         "rotation_every": options.rotation_every,
         "parallel": options.parallel,
@@ -227,7 +229,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--method", action="append", default=None, help="anonymization method (repeatable; default: pixelate)")
     parser.add_argument("--no-track", action="store_true", help="detections only, no tracker")
-    parser.add_argument("--parallel", action="store_true", help="analysis of the newest frame on its own thread while the last one is rendered")
+    stages = parser.add_mutually_exclusive_group()
+    stages.add_argument("--parallel", action="store_true", default=None,
+                        help="analysis of the newest frame on its own thread while the last one is rendered (the default)")
+    stages.add_argument("--serial", action="store_false", dest="parallel", help="one thread analyses and renders")
     parser.add_argument("--rotation-every", type=int, default=None, help="turned-face discovery spacing (default: the options default)")
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=360)

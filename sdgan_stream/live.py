@@ -436,20 +436,24 @@ def _run_chain(
     return report
 
 
-def live_detector_threads() -> int:
-    """onnxruntime threads for the detector in live modes: half the cores, 1 to 4.
+def live_detector_threads(parallel: bool = True) -> int:
+    """onnxruntime threads for the detector in live modes.
 
-    Live modes run capture/decode, encode and publishing threads beside the detector; an ORT pool as
-    wide as the machine spins against them. Measured on the 2-core machine under load: 1 thread
-    detected a 640x360 frame in 65 ms wall / 42 ms CPU, the default pool in 127 ms / 81 ms.
+    Serial: half the cores (1 to 4): capture/decode, encode and publishing threads run beside the detector
+    and an ORT pool as wide as the machine spins against them (measured on the 2-core machine under load:
+    1 thread detected a 640x360 frame in 65 ms wall / 42 ms CPU, the default pool in 127 ms / 81 ms).
+    Parallel: the analysis thread is the detector's alone and the slower stage, so it gets every core (up
+    to 4): through a real RTSP server at 640x360 and the defaults, 2 threads published 22.6 fps (90% of the
+    input reached the viewer) where 1 thread published 17.5 (``benchmarks/results/rtsp_threads_{1,2}.json``).
     """
-    return max(1, min(4, (os.cpu_count() or 2) // 2))
+    cores = os.cpu_count() or 2
+    return max(1, min(4, cores if parallel else cores // 2))
 
 
 def _build_live_detector(options: AnonymizeOptions) -> FaceDetector:
     from .api import build_detector
 
-    threads = live_detector_threads()
+    threads = live_detector_threads(options.parallel)
     log.info("live detector: %d onnxruntime thread(s)", threads)
     return build_detector(options, intra_op_threads=threads)
 
