@@ -51,9 +51,10 @@ class FaceRenderer(Protocol):
 
 
 class PreparingRenderer(FaceRenderer, Protocol):
-    """A renderer whose per-face preparation (landmarks, crops, maps) is a pure function of the frame and
-    its faces, so it can run in the analysis stage (on the analysis thread of a parallel run, beside the
-    rendering of the frame before). ``prepares_in_analysis`` says whether it wants that."""
+    """A renderer whose per-face preparation (landmarks, crops, maps) depends only on the frame, its faces
+    and (per-track smoothing) the frames before, so it can run in the analysis stage, once per frame in
+    frame order (on the analysis thread of a parallel run, beside the rendering of the frame before).
+    ``prepares_in_analysis`` says whether it wants that."""
 
     prepares_in_analysis: bool
 

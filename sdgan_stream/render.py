@@ -254,8 +254,8 @@ class SdganRenderer:
     def _preparation(self, image: np.ndarray, faces: Sequence[Face], prepared: object | None) -> list[PreparedFace | FaceFallback]:
         """One prepared entry per face of ``faces``, in order: taken from ``prepared`` (matched by face
         object: a keep-faces filter may have removed some), the rest prepared now."""
-        if not isinstance(prepared, list):
-            return self.prepare(image, faces)
+        if not isinstance(prepared, list):  # when the analysis stage owns the smoothing state, it failed there
+            return self.prepare(image, faces, steady=not self.prepares_in_analysis)
         made = {id(item.face): item for item in prepared}
         missing = [face for face in faces if id(face) not in made]
         if missing:  # the analysis stage owns the smoothing state: prepare these without it
