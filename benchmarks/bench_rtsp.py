@@ -45,6 +45,8 @@ from tests.live_support import (  # noqa: E402
     checker_process,
     gst_rtsp_missing,
     make_indexed_clip,
+    wait_for,
+    wait_until_viewed,
 )
 
 log = logging.getLogger("bench_rtsp")
@@ -61,14 +63,6 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"p50": None, "p95": None}
     return {"p50": round(float(np.percentile(values, 50)) * 1000, 1), "p95": round(float(np.percentile(values, 95)) * 1000, 1)}
-
-
-def _wait(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def run_once(args: argparse.Namespace, method: str, detect_size: str | None, clip_path: Path, boxes: list, workdir: Path) -> dict[str, Any]:
@@ -110,15 +104,8 @@ def run_once(args: argparse.Namespace, method: str, detect_size: str | None, cli
     started = time.monotonic()
     filter_thread.start()
     try:
-        _wait(lambda: "parts" in parts or "error" in outcome, 120, "the filter to start")
-        if "error" in outcome:
-            raise outcome["error"]
-        p = parts["parts"]
+        p = wait_until_viewed(parts, outcome, reader, reader_ready, 120)
         publisher = p.publisher
-        assert publisher is not None
-        _wait(lambda: publisher.stats.fresh > 0, 120, "the first published frame")
-        reader.start()
-        _wait(reader_ready.is_set, 120, "the reader's first frame")
         time.sleep(args.warmup)  # settle: model warm-up, the reader catching up
         # -- steady phase --------------------------------------------------------------------
         t_a, cpu_a = time.monotonic(), _cpu_seconds()
@@ -135,7 +122,7 @@ def run_once(args: argparse.Namespace, method: str, detect_size: str | None, cli
         time.sleep(args.outage)
         source.start()
         t_back = source.ready_at or time.monotonic()
-        _wait(lambda: any(t >= t_back and kind == "fresh" for t, kind in list(publisher.stats.events)), 60, "publishing after the restart")
+        wait_for(lambda: any(t >= t_back and kind == "fresh" for t, kind in list(publisher.stats.events)), 60, "publishing after the restart")
         first_fresh = min(t for t, kind in list(publisher.stats.events) if t >= t_back and kind == "fresh")
         time.sleep(args.after)
         fill_frames = publisher.stats.repeated + publisher.stats.neutral - fill_before

@@ -46,6 +46,7 @@ from tests.live_support import (  # noqa: E402
     gst_rtsp_missing,
     make_indexed_clip,
     repeat_clip,
+    wait_until_viewed,
 )
 
 log = logging.getLogger("bench_soak")
@@ -66,14 +67,6 @@ def open_descriptors() -> int:
 
 def _ms(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)) * 1000, 1) if values else None
-
-
-def _wait(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def make_input(workdir: Path, width: int, height: int, fps: int, faces: int, repeats: int) -> tuple[IndexedClip, Path]:
@@ -142,15 +135,8 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     result = None
     try:
-        _wait(lambda: "parts" in parts or "error" in outcome, 300, "the filter to start")
-        if "error" in outcome:
-            raise outcome["error"]
-        p = parts["parts"]
+        p = wait_until_viewed(parts, outcome, reader, ready, 300)
         publisher = p.publisher
-        assert publisher is not None
-        _wait(lambda: publisher.stats.fresh > 0, 300, "the first published frame")
-        reader.start()
-        _wait(ready.is_set, 300, "the viewer's first frame")
         started = time.monotonic()
         last = (started, p.source.stats.captured, publisher.stats.fresh, p.processor.dropped, publisher.stats.repeated + publisher.stats.neutral)
         for minute in range(1, math.ceil(args.minutes) + 1):

@@ -793,19 +793,32 @@ class DefaceSystem:
         self.detect_ms: list[tuple[tuple[int, int], float]] = []
 
     def __call__(self, frames: list[np.ndarray]) -> list[np.ndarray]:
-        import time
-
-        from deface.deface import anonymize_frame
-
+        """What deface changes on each frame (bool masks), read off a noise image it blurs."""
         rng = np.random.default_rng(0)
         masks = []
         for frame in frames:
-            start = time.perf_counter()
-            dets, _ = self._centerface(frame, threshold=self.threshold)
-            self.detect_ms.append(((frame.shape[1], frame.shape[0]), (time.perf_counter() - start) * 1000))
             noise = rng.integers(0, 256, frame.shape, dtype=np.uint8)
             drawn = noise.copy()
-            anonymize_frame(dets, drawn, mask_scale=self.mask_scale, replacewith="blur", ellipse=True,
-                            draw_scores=False, replaceimg=None, mosaicsize=20)
+            self._blur(self._detect(frame), drawn)
             masks.append(changed_mask(noise, drawn))
         return masks
+
+    def anonymize(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+        """The frames as deface writes them (drawn on in place)."""
+        for frame in frames:
+            self._blur(self._detect(frame), frame)
+        return frames
+
+    def _detect(self, frame: np.ndarray) -> np.ndarray:
+        import time
+
+        start = time.perf_counter()
+        dets, _ = self._centerface(frame, threshold=self.threshold)
+        self.detect_ms.append(((frame.shape[1], frame.shape[0]), (time.perf_counter() - start) * 1000))
+        return dets
+
+    def _blur(self, dets: np.ndarray, image: np.ndarray) -> None:
+        from deface.deface import anonymize_frame
+
+        anonymize_frame(dets, image, mask_scale=self.mask_scale, replacewith="blur", ellipse=True,
+                        draw_scores=False, replaceimg=None, mosaicsize=20)

@@ -100,6 +100,22 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None
         time.sleep(0.02)
 
 
+def wait_until_viewed(parts: dict[str, Any], outcome: dict[str, Any], reader: Any, reader_ready: Any, timeout: float) -> Any:
+    """For an RTSP filter started on a thread (its ``on_start`` puts the running parts in ``parts["parts"]``,
+    a failure goes to ``outcome["error"]``): wait until it publishes, then start the viewer process
+    ``reader`` and wait for its first frame. Returns the filter's parts (``LiveComponents``)."""
+    wait_for(lambda: "parts" in parts or "error" in outcome, timeout, "the filter to start")
+    if "error" in outcome:
+        raise outcome["error"]
+    running = parts["parts"]
+    publisher = running.publisher
+    assert publisher is not None
+    wait_for(lambda: publisher.stats.fresh > 0, timeout, "the first published frame")
+    reader.start()
+    wait_for(reader_ready.is_set, timeout, "the viewer's first frame")
+    return running
+
+
 PIPELINE_THREADS = ("sdgan-decode", "sdgan-encode", "sdgan-capture", "sdgan-publish", "sdgan-stats")
 
 
