@@ -261,6 +261,10 @@ class Placement:
     drift: tuple[float, float] = (0.0, 0.0)
     label: str = ""
 
+    def centre_at(self, index: int) -> tuple[float, float]:
+        """Where the face box's centre is on frame ``index`` (it drifts)."""
+        return (self.centre[0] + self.drift[0] * index, self.centre[1] + self.drift[1] * index)
+
 
 @dataclass(frozen=True)
 class FrameEffects:
@@ -296,8 +300,7 @@ class Scene:
             canvas = np.full((height, width, 3), self.effects.background_level, np.float32)
         truths: list[FaceTruth] = []
         for placement in self.placements:
-            centre = (placement.centre[0] + placement.drift[0] * index, placement.centre[1] + placement.drift[1] * index)
-            pasted = _paste(canvas, faces[placement.face % len(faces)], placement, centre)
+            pasted = _paste(canvas, faces[placement.face % len(faces)], placement, placement.centre_at(index))
             if pasted is None:
                 continue
             truth, head = pasted
@@ -316,13 +319,18 @@ def _rotation(angle: float, centre: tuple[float, float], target: tuple[float, fl
     return m
 
 
-def face_to_frame(face: LibraryFace, placement: Placement, index: int) -> np.ndarray:
-    """2x3 affine from ``face.image`` pixels to the pixels of frame ``index`` where ``placement`` pastes it."""
+def _patch_to_frame(face: LibraryFace, placement: Placement, centre: tuple[float, float]) -> tuple[float, np.ndarray]:
+    """The scale a face is shrunk by for ``placement``, and the 2x3 affine from the shrunk patch to the
+    frame: turned about its box centre, that centre moved to ``centre``."""
     scale = placement.width / face.width
     box = face.box * scale
-    centre = (placement.centre[0] + placement.drift[0] * index, placement.centre[1] + placement.drift[1] * index)
-    m = _rotation(placement.angle, ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2), centre)
-    m[:, :2] *= scale  # _paste warps the patch shrunk by ``scale``
+    return scale, _rotation(placement.angle, ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2), centre)
+
+
+def face_to_frame(face: LibraryFace, placement: Placement, index: int) -> np.ndarray:
+    """2x3 affine from ``face.image`` pixels to the pixels of frame ``index`` where ``placement`` pastes it."""
+    scale, m = _patch_to_frame(face, placement, placement.centre_at(index))
+    m[:, :2] *= scale
     return m
 
 
@@ -341,7 +349,7 @@ def _hide(truth: FaceTruth, head: np.ndarray, region: tuple[int, int, int, int])
 def _paste(canvas: np.ndarray, face: LibraryFace, placement: Placement, centre: tuple[float, float]) -> tuple[FaceTruth, np.ndarray] | None:
     """Composite one face onto ``canvas`` in place; returns its truth and where its head is opaque
     (a mask over the truth's region), or None if it lies wholly outside the frame."""
-    scale = placement.width / face.width
+    scale, m = _patch_to_frame(face, placement, centre)
     # Shrink with area averaging first (what a camera does), then rotate and place with a sub-pixel warp.
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     patch = cv2.resize(face.image, None, fx=scale, fy=scale, interpolation=interpolation).astype(np.float32)
@@ -365,7 +373,6 @@ def _paste(canvas: np.ndarray, face: LibraryFace, placement: Placement, centre: 
     for k, eye in enumerate(eyes):
         cv2.circle(truth_layers[1 + k], (fixed(eye[0]), fixed(eye[1])), fixed(radius), 1, -1, cv2.LINE_8, shift)
 
-    m = _rotation(placement.angle, box_centre, centre)
     corners = np.array([[0, 0, 1], [pw, 0, 1], [0, ph, 1], [pw, ph, 1]], np.float64) @ m.T
     height, width = canvas.shape[:2]
     x1, y1 = max(int(np.floor(corners[:, 0].min())), 0), max(int(np.floor(corners[:, 1].min())), 0)
