@@ -347,6 +347,8 @@ class MultiPassDetector:
         ones, and follow every other face a turned pass found. A turned find that overlaps an upright
         detection is not followed: the upright passes see that face on every frame anyway, and false
         faces that turned views make of real upright ones (a mouth and chin upside down) lie there."""
+        if not self._followed and not any(spec.rotation for spec in seen_by):
+            return  # most frames: nothing turned was looked at or is being followed
         upright = _concat([seen for spec, seen in seen_by.items() if not spec.rotation])
         turned: dict[int, list[Detections]] = {}
         for spec, seen in seen_by.items():
