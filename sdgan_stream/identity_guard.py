@@ -221,7 +221,7 @@ class _TrackState:
     ledger_views: list[np.ndarray] = field(default_factory=list)  # embeddings of detected views, for the ledger
     waited: int = 0  # frames covered while the ledger waited for views
     distance: float = float("nan")  # the kept identity's distance at its last check
-    candidate_distances: tuple[float, ...] = ()  # every candidate's distance at the last draw
+    candidate_distances: tuple[float, ...] = ()  # each candidate's distance at the last draw (nan: not embedded)
 
 
 def candidate_seed(identity_seed: int, attempt: int, index: int) -> int:
@@ -305,7 +305,7 @@ class IdentityGuard:
         return state.seed if state is not None else None
 
     def candidate_distances_of(self, key: int) -> tuple[float, ...]:
-        """Every candidate's distance to the person at the track's last draw."""
+        """Each candidate's distance to the person at the track's last draw (nan: not embedded, see :meth:`choose`)."""
         state = self._states.get(key)
         return state.candidate_distances if state is not None else ()
 
@@ -387,28 +387,43 @@ class IdentityGuard:
 
     def choose(self, key: int, seeds: Sequence[int], crops: Sequence[np.ndarray], landmarks68_crop: Sequence[np.ndarray],
                *, landmark_errors: Sequence[float] | None = None) -> int | None:
-        """Embed the candidate faces (generated crops and their landmarks) and keep one that clears the
-        margin: the farthest, or with ``pick="faithful"`` the one with the lowest ``landmark_errors``
-        (how far each candidate's own landmarks are from the original's). None: the track is covered."""
+        """Keep one candidate face (generated crops and their landmarks) that clears the margin: the
+        farthest, or with ``pick="faithful"`` the one with the lowest ``landmark_errors`` (how far each
+        candidate's own landmarks are from the original's). None: the track is covered.
+
+        Candidates are embedded only as far as the pick needs (an embedding is the guard's main cost):
+        a faithful pick tries them from the best landmarks down and stops at the first that passes (and
+        its equals), a proposed identity (segment cuts) in seed order; only ``farthest`` embeds them all.
+        """
         state = self._state(key)
         state.attempt += 1
         self.counts["draws"] += 1
-        nearest = self._nearest_original(state, crops, landmarks68_crop)
+        nearest = np.full(len(seeds), np.nan)
+
+        def passes(i: int) -> bool:
+            if np.isnan(nearest[i]):
+                nearest[i] = self._nearest_original(state, [crops[i]], [landmarks68_crop[i]])[0]
+            return bool(nearest[i] >= self.min_distance)
+
+        proposed = key in self._proposals  # the same pick in every segment that passes the same candidates
+        if proposed or (self.config.pick == "faithful" and landmark_errors is not None):
+            order = list(range(len(seeds))) if proposed else sorted(range(len(seeds)), key=lambda i: landmark_errors[i])  # type: ignore[index]
+            best = next((i for i in order if passes(i)), None)
+            if best is not None and not proposed:  # equally faithful candidates: the farther one
+                best = max((i for i in order if landmark_errors[i] == landmark_errors[best] and passes(i)),  # type: ignore[index]
+                           key=lambda i: nearest[i])
+        else:
+            passing = [i for i in range(len(seeds)) if passes(i)]
+            best = max(passing, key=lambda i: nearest[i]) if passing else None
         state.candidate_distances = tuple(float(d) for d in nearest)
         self._checked(state)
-        passing = [i for i in range(len(seeds)) if nearest[i] >= self.min_distance]
-        if passing:
-            if key in self._proposals:  # the same pick in every segment that passes the same candidates
-                best = passing[0]
+        if best is not None:
+            if proposed:
                 self.counts["kept_proposed_identities"] += 1
-            elif self.config.pick == "faithful" and landmark_errors is not None:
-                best = min(passing, key=lambda i: (landmark_errors[i], -nearest[i]))
-            else:
-                best = max(passing, key=lambda i: nearest[i])
             state.seed, state.failed_at, state.distance = int(seeds[best]), None, float(nearest[best])
             self._remember(key, state)
             return state.seed
-        self.counts["failed_draws"] += 1
+        self.counts["failed_draws"] += 1  # every candidate was embedded to find that out
         state.seed, state.failed_at, state.distance = None, self._frame, float(np.max(nearest))
         log.info("identity guard: track %s has no candidate %.2f from the original (best %.3f): covered",
                  key, self.min_distance, state.distance)

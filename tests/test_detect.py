@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from sdgan_stream.config import AnonymizeOptions
-from sdgan_stream.detect import CenterFaceDetector, nms
+from sdgan_stream.api import detector_precision
+from sdgan_stream.detect import INT8_MODEL_NAME, CenterFaceDetector, nms, read_int8_model
 from sdgan_stream.detect_passes import TURNED_MIN_SCORE, MultiPassDetector, merge_detections, plan_main_passes
 from sdgan_stream.detect_scrfd import ScrfdDetector, resolve_scrfd_model
 from sdgan_stream.errors import BackendUnavailableError, WeightsError
@@ -21,9 +22,9 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
-@pytest.fixture(scope="module")
-def detector() -> CenterFaceDetector:
-    return CenterFaceDetector(threshold=0.4, detect_size=(640, 640))
+@pytest.fixture(scope="module", params=["fp32", "int8"])
+def detector(request: pytest.FixtureRequest) -> CenterFaceDetector:
+    return CenterFaceDetector(threshold=0.4, detect_size=(640, 640), precision=request.param)
 
 
 @pytest.mark.parametrize("index", [0, 1])
@@ -56,6 +57,85 @@ def test_boxes_are_in_input_pixels_whatever_the_detect_size() -> None:
     small = CenterFaceDetector(threshold=0.4, detect_size=(160, 160)).detect(photo.image)
     large = CenterFaceDetector(threshold=0.4, detect_size=(800, 800)).detect(photo.image)
     assert _iou(small.boxes[0], large.boxes[0]) > 0.7
+
+
+@pytest.mark.parametrize("face_width", [24, 48, 160])
+def test_the_int8_detector_finds_the_faces_fp32_finds_at_about_the_same_place_and_score(face_width: int) -> None:
+    import cv2
+
+    exact = CenterFaceDetector(threshold=0.2, detect_size=None)
+    int8 = CenterFaceDetector(threshold=0.2, detect_size=None, precision="int8")
+    canvas = np.full((360, 640, 3), 90, np.uint8)
+    for k, photo in enumerate(face_photos()):  # both in-package faces, shrunk to face_width, side by side
+        scale = face_width / float(photo.face_box[2] - photo.face_box[0])
+        head = cv2.resize(photo.image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)[:300, :300]
+        x, y = 40 + 300 * k, 20
+        canvas[y : y + head.shape[0], x : x + head.shape[1]] = head[: 360 - y, : 640 - x]
+    reference, quantized = exact.detect(canvas), int8.detect(canvas)
+    assert len(reference) == 2 and len(quantized) == len(reference)
+    for box, score in zip(reference.boxes, reference.scores):
+        match = int(np.argmax([_iou(box, other) for other in quantized.boxes]))
+        assert _iou(box, quantized.boxes[match]) > 0.75
+        assert abs(float(quantized.scores[match]) - float(score)) < 0.15
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_faces_in_a_frame_at_five_percent_light_are_found(precision: str) -> None:
+    import cv2
+
+    canvas = np.full((360, 640, 3), 120, np.uint8)
+    for k, photo in enumerate(face_photos()):
+        scale = 64 / float(photo.face_box[2] - photo.face_box[0])
+        head = cv2.resize(photo.image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)[:200, :200]
+        canvas[60 : 60 + head.shape[0], 80 + 300 * k : 80 + 300 * k + head.shape[1]] = head
+    noise = np.random.default_rng(0).normal(0, 2, canvas.shape)
+    dark = np.clip(canvas * 0.05 + noise, 0, 255).astype(np.uint8)
+    found = CenterFaceDetector(threshold=0.2, detect_size=None, precision=precision).detect(dark)
+    assert len(found) == 2
+    if precision == "int8":  # without the stretch the 8-bit model misses faces here
+        assert len(CenterFaceDetector(threshold=0.2, detect_size=None, precision="int8", brighten_dark=False).detect(dark)) < 2
+
+
+def test_only_dark_images_are_brightened_and_never_beyond_white() -> None:
+    from sdgan_stream.detect import brighten_if_dark
+
+    lit = np.full((32, 32, 3), 150, np.uint8)
+    assert brighten_if_dark(lit) is lit
+    dark = np.zeros((64, 64, 3), np.uint8)
+    dark[:32] = 10
+    dark[0, 0] = 255  # a lamp does not make a frame lit
+    out = brighten_if_dark(dark)
+    assert out.dtype == np.uint8 and out[8, 8, 0] == 160 and out[0, 0, 0] == 255 and out[40, 40, 0] == 0
+
+
+def test_an_int8_model_that_does_not_match_its_record_is_refused(tmp_path: Path) -> None:
+    import json
+
+    weights = Path(importlib.util.find_spec("sdgan_stream").origin).parent / "weights"
+    model, meta = tmp_path / INT8_MODEL_NAME, tmp_path / Path(INT8_MODEL_NAME).with_suffix(".json")
+    data = (weights / INT8_MODEL_NAME).read_bytes()
+    record = json.loads((weights / meta.name).read_text())
+    model.write_bytes(data)
+    meta.write_text(json.dumps(record))
+    assert read_int8_model(tmp_path) == data
+    model.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(WeightsError, match="checksum"):
+        read_int8_model(tmp_path)
+    meta.write_text(json.dumps({**record, "source_sha256": "0" * 64}))
+    with pytest.raises(WeightsError, match="another centerface.onnx"):
+        read_int8_model(tmp_path)
+    model.unlink()
+    with pytest.raises(WeightsError, match="not installed"):
+        read_int8_model(tmp_path)
+
+
+def test_the_detector_runs_in_int8_on_the_cpu_unless_asked_otherwise() -> None:
+    assert detector_precision(AnonymizeOptions()) == "int8"
+    assert detector_precision(AnonymizeOptions(detector_precision="fp32")) == "fp32"
+    with pytest.raises(ValueError, match="detector precision"):
+        AnonymizeOptions(detector_precision="int4")
+    with pytest.raises(ValueError, match="detector precision"):
+        CenterFaceDetector(precision="fp16")
 
 
 def test_missing_provider_is_an_error_naming_the_available_ones() -> None:

@@ -87,6 +87,23 @@ def test_the_faithful_pick_keeps_the_passing_candidate_with_the_best_landmarks()
     assert chosen == seeds[2]
 
 
+def test_the_faithful_pick_embeds_candidates_only_until_one_passes() -> None:
+    recognizer = FakeRecognizer()
+    guard = IdentityGuard(recognizer, GuardConfig(candidates=4, min_distance=0.5, pick="faithful"))
+    guard.start_frame()
+    guard.observe(1, _crop(100), _points(), 120.0)
+    guard.decide(1, 120.0, _points())
+    seeds = guard.candidates(1, identity_seed=7)
+    before = recognizer.calls
+    # by landmarks: 3 (too close), 1 (passes), then 0 and 2, which need no embedding; 0 and 1 tie on landmarks
+    chosen = guard.choose(1, seeds, [_crop(180), _crop(170), _crop(240), _crop(105)], [_points()] * 4,
+                          landmark_errors=[0.02, 0.02, 0.3, 0.01])
+    assert chosen == seeds[0]  # of the two equally faithful passing ones, the farther
+    assert recognizer.calls - before == 3
+    distances = guard.candidate_distances_of(1)
+    assert np.isnan(distances[2]) and not np.isnan(distances[0])
+
+
 def test_a_track_with_no_passing_candidate_is_covered_then_retried() -> None:
     guard = IdentityGuard(FakeRecognizer(), GuardConfig(candidates=2, min_distance=0.5, retry_after=3))
     guard.start_frame()
