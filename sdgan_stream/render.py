@@ -7,6 +7,10 @@ host): the host path crops, composites and pastes with numpy/OpenCV; the device 
 uploads the frame once, warps all crops, generates, colour-matches and pastes them back on the GPU
 and downloads the frame once.
 
+Per track and identity, the generated output and the pasted crop are blended with the last frame's
+where the original face did not change (change-gated smoothing, ``change_gate``): the generator and the
+gradient-domain paste change more from frame to frame than the face does.
+
 A face falls back to the cover (and the outcome records why) when it is too small, out of frame, in
 profile, when its landmarks fail, or when the region the generator would replace does not cover the
 centre of the detected face (a landmark fit that wandered off must not leave the real face visible).
@@ -58,9 +62,10 @@ REGION_MEMORY = 0.9
 # as a change of the face.
 CHANGE_BLUR = 2.0 / 128
 # Mean RGB change (levels) of the original aligned crop at which a pixel takes this frame's generated
-# output whole; below it the share falls to 1 - temporal_smoothing. With 0.9 smoothing, on issue 13's
-# held-out clip (benchmarks/bench_flicker.py) it cut the generated faces' change against the true motion
-# from 1.06 to 0.76 grey levels (a plain 0.5 average; the real faces: 0.14).
+# output (and pasted crop) whole; below it the share falls to 1 - temporal_smoothing. With 0.9 smoothing,
+# on issue 13's held-out clip (benchmarks/bench_flicker.py, 30 frames) the generated faces' change against
+# the true motion fell from 1.06 grey levels (a plain 0.5 average of the output) to 0.76 (gated output)
+# and 0.39 (gated output and pasted crop); the real faces change by 0.14 (the encoder's noise).
 DEFAULT_CHANGE_GATE = 8.0
 
 
@@ -132,6 +137,10 @@ class SdganRenderer:
         # it cannot grow on long streams.
         self._previous: dict[tuple[int, int], tuple[Any, np.ndarray | None]] = {}
         self._regions: dict[int, np.ndarray] = {}  # track id -> replaced-region memory (crop space), last frame's tracks
+        # (track id, identity seed) -> (last pasted crop (float), its replaced region, the original crop): the
+        # gradient-domain paste takes its boundary from the surroundings, which change as the head moves
+        # over them, and that changed the pasted face's colour every frame; see _steady_paste.
+        self._pasted: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
         self.config = config
         self.landmarker = landmarker
         # Tracked faces' landmarks filtered over time (0: off): their jitter moved the crop, map and paste.
@@ -207,6 +216,7 @@ class SdganRenderer:
         clone = copy.copy(self)
         clone._previous = {}
         clone._regions = {}
+        clone._pasted = {}
         clone.stabilizer = LandmarkStabilizer(jitter=self.stabilizer.jitter, floor=self.stabilizer.floor)
         clone.last_generated = []
         if self.guard is not None:
@@ -255,12 +265,14 @@ class SdganRenderer:
                                                        adjust=lambda raw: self._smooth(raw, ready, current))
                 self.last_generated = list(zip(ready, generated))
         else:
+            pasted: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
             for start in range(0, len(ready), self.batch_size):
                 chunk = ready[start : start + self.batch_size]
                 crops = self.generate_crops(chunk, smoothed_into=current)
                 for prepared, crop in zip(chunk, crops):
-                    paste_back(image, crop, prepared)
+                    paste_back(image, crop, prepared, adjust=lambda colour, p=prepared: self._steady_paste(colour, p, pasted))
                     self.last_generated.append((prepared, crop))
+            self._pasted = pasted
         outcomes.extend(FaceOutcome(prepared.face.extra.get("original", prepared.face), self.name) for prepared in ready)
         self._previous = current
         return outcomes
@@ -413,6 +425,30 @@ class SdganRenderer:
         change = np.abs(crop.astype(np.float32) - crop_before.astype(np.float32)).mean(-1)
         change = cv2.GaussianBlur(change, (0, 0), CHANGE_BLUR * crop.shape[0])
         return np.clip(change / self.change_gate, least, 1.0)[None]
+
+    def _steady_paste(self, colour: np.ndarray, prepared: PreparedFace,
+                      pasted: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray | None]]) -> np.ndarray:
+        """A tracked face's blended crop (what the paste warps back) given the same change-gated blend with
+        its last frame's as the generator's output (:meth:`_new_share`), and stored in ``pasted``.
+
+        Only where the replaced region covered the pixel in both frames: elsewhere the last frame's crop
+        holds the original's own pixels, which must not come back (privacy fails closed), so those pixels
+        are this frame's as blended. Host frame path only.
+        """
+        if prepared.face.track_id is None or self.change_gate <= 0:
+            return colour
+        key = _smoothing_key(prepared)
+        region = prepared.region_mask > 0.5
+        steady = colour.astype(np.float32)
+        previous = self._pasted.get(key)
+        if previous is not None and previous[0].shape == steady.shape:
+            before, region_before, crop_before = previous
+            share = self._new_share(crop_before, prepared.crop)
+            share = share[0][..., None] if isinstance(share, np.ndarray) else share
+            both = (region & region_before)[..., None]
+            steady = np.where(both, before + share * (steady - before), steady)
+        pasted[key] = (steady, region, prepared.crop)
+        return np.clip(steady + 0.5, 0, 255).astype(np.uint8)
 
     def _landmark_error(self, crop: np.ndarray, prepared: PreparedFace) -> float:
         """How far a generated crop's own 68 landmarks sit from the original face's, in inter-ocular distances."""

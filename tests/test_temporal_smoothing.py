@@ -107,3 +107,38 @@ def test_the_device_path_blends_tensors_like_arrays() -> None:
 def test_a_negative_gate_is_refused() -> None:
     with pytest.raises(ValueError, match="change gate"):
         _renderer(change_gate=-1.0)
+
+
+def _with_region(prepared: PreparedFace, region: np.ndarray) -> PreparedFace:
+    import dataclasses
+
+    return dataclasses.replace(prepared, region_mask=region.astype(np.float32))
+
+
+def test_the_pasted_crop_keeps_its_pixels_only_where_both_frames_replaced_them() -> None:
+    """Outside last frame's region its pasted crop holds the original's own pixels: where the region grew,
+    they must not come back (privacy fails closed); where both frames replaced the face, a still face keeps
+    the last frame's pasted pixels but for 1 - temporal_smoothing."""
+    renderer = _renderer()
+    crop = np.full((S, S, 3), 100, np.uint8)  # the original, still
+    left = np.zeros((S, S), bool)
+    left[:, : S // 2] = True
+    first = np.where(left[..., None], np.full((S, S, 3), 200), 100).astype(np.uint8)  # generated on the left, original elsewhere
+    pasted: dict = {}
+    assert np.array_equal(renderer._steady_paste(first, _with_region(_prepared(crop), left), pasted), first)
+    renderer._pasted = pasted
+    second = np.full((S, S, 3), 150, np.uint8)  # the region now covers the whole crop
+    out = renderer._steady_paste(second, _with_region(_prepared(crop), np.ones((S, S), bool)), {})
+    assert (out[:, S // 2 :] == 150).all()  # newly replaced: this frame's pixels, none of the original's 100
+    assert np.abs(out[:, : S // 2].astype(int) - 195).max() <= 1  # replaced twice: 0.9 x 200 + 0.1 x 150
+
+
+def test_the_pasted_crop_of_a_new_identity_or_an_untracked_face_is_its_own() -> None:
+    renderer = _renderer()
+    crop, region = _still_crop(), np.ones((S, S), bool)
+    pasted: dict = {}
+    renderer._steady_paste(np.full((S, S, 3), 200, np.uint8), _with_region(_prepared(crop, seed=3), region), pasted)
+    renderer._pasted = pasted
+    fresh = np.full((S, S, 3), 40, np.uint8)
+    assert np.array_equal(renderer._steady_paste(fresh, _with_region(_prepared(crop, seed=11), region), {}), fresh)
+    assert np.array_equal(renderer._steady_paste(fresh, _with_region(_prepared(crop, track=None), region), {}), fresh)
