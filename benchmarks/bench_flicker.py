@@ -19,10 +19,10 @@ Variants (renderer defaults unless named):
   frame's (the renderer before the change gate and the pixel motion);
 * ``pixels``: motion measured on the pixels, plain 0.5 average;
 * ``after``: the defaults (pixel motion, change-gated smoothing);
-* ``frozen_texture``: the generator's output never changes (weight 0.999 on the last frame's): what the
-  alignment and the paste alone leave;
-* ``oracle``: the landmarks are the first fit moved by the true shift (an exact alignment): what the
-  generated texture and the paste leave;
+* ``frozen_texture``: the generator's output never changes (weight 0.999 on the last frame's, the change
+  gate off, so the pasted crop is not smoothed either): what the alignment and the paste alone leave;
+* ``oracle``: the landmarks are the first fit moved by the true shift (an exact alignment), the rest as
+  ``after``: what the renderer would leave with perfect landmarks;
 * ``oracle_frozen``: exact alignment and frozen texture: what the paste (cloning, colour) leaves;
 * ``oracle_frozen_noblend``: the same pasted with ``method="none"`` (feathered alpha only).
 
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         if "frozen" in name:
             tested.temporal_smoothing, tested.change_gate = 0.999, 0.0
         if name.endswith("noblend"):
-            render.paste_back = lambda image, crop, prepared: paste_back(image, crop, prepared, method="none")
+            render.paste_back = lambda image, crop, prepared, **_: paste_back(image, crop, prepared, method="none")
         start = time.perf_counter()
         outputs = []
         try:
