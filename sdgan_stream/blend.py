@@ -313,8 +313,10 @@ def paste_back(
     *,
     method: BlendMethod = "seamless",
     feather: float = DEFAULT_FEATHER,
+    adjust: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> None:
-    """Blend ``generated_crop`` (aligned like ``prepared.crop``) into ``image`` in place."""
+    """Blend ``generated_crop`` (aligned like ``prepared.crop``) into ``image`` in place. ``adjust`` receives
+    the blended (S, S, 3) uint8 crop (:func:`blend_crop`) before it is warped back and returns the one to paste."""
     size = prepared.size
     if generated_crop.shape[:2] != (size, size):
         generated_crop = cv2.resize(generated_crop, (size, size), interpolation=cv2.INTER_AREA)
@@ -325,6 +327,8 @@ def paste_back(
     if xs.size == 0:
         return
     colour = blend_crop(generated_crop, prepared, method=method)
+    if adjust is not None:
+        colour = adjust(colour)
     # Only the part of the crop the alpha touches needs warping and blending (~half of it).
     rect = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
     # Upscaling back into a large face: cubic keeps the generated detail; downscaling: linear is enough.
