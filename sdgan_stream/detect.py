@@ -5,8 +5,8 @@ The shipped file has a fixed input shape of [10, 3, 32, 32]; it is made shape-dy
 (onnxruntime lists providers such as Azure first, which would be a silent surprise).
 
 ``precision="int8"`` runs an 8-bit quantization of the same network instead (shipped in
-``sdgan_stream/weights/``, built by ``train/quantize_detector.py``): about twice as fast on a CPU, with
-recall measured per condition against FP32 (README, *Which faces are found*).
+``sdgan_stream/weights/``, built by ``train/quantize_detector.py``): about two thirds of the FP32 model's CPU
+time, with recall measured per condition against FP32 (README, *Which faces are found*).
 """
 
 from __future__ import annotations
@@ -96,9 +96,9 @@ def read_int8_model(folder: Path) -> bytes:
 
 
 # A view whose bright end (this percentile) lies below DARK_LEVEL is stretched so that it reaches LIT_LEVEL
-# (gain at most MAX_GAIN) before detection. CenterFace learnt on lit photos: on frames at 5% light (recall
-# scenes, benchmarks/bench_recall.py) it found 0.78 of the faces as they were and 0.94 stretched, and the
-# 8-bit model, whose activation steps are set by lit frames, found none unstretched.
+# (gain at most MAX_GAIN) before detection. CenterFace learnt on lit photos: in recall scenes at 5% light
+# (benchmarks/bench_recall.py) the FP32 model found 0.67-0.83 of the faces as they were and 0.83-1.00
+# stretched, and an all-8-bit model, whose activation steps are set by lit frames, found none unstretched.
 DARK_PERCENTILE, DARK_LEVEL, LIT_LEVEL, MAX_GAIN = 99.5, 100.0, 200.0, 16.0
 
 
