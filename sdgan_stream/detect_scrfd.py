@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .detect import nms, select_providers
+from .detect import detector_session_options, nms, select_providers
 from .errors import WeightsError
 from .types import Detections
 
@@ -57,12 +57,8 @@ def resolve_scrfd_model(name: str | os.PathLike[str]) -> Path:
 def _read_session(path: Path, providers: list[str], intra_op_threads: int) -> object:
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if intra_op_threads:
-        options.intra_op_num_threads = intra_op_threads
     try:
-        return ort.InferenceSession(str(path), options, providers=providers)
+        return ort.InferenceSession(str(path), detector_session_options(intra_op_threads), providers=providers)
     except Exception as error:  # onnxruntime raises its own exception types for bad files
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise WeightsError(f"cannot read detector model {path}: {first_line}") from None

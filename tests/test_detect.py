@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from sdgan_stream.config import AnonymizeOptions
-from sdgan_stream.api import detector_precision
-from sdgan_stream.detect import INT8_MODEL_NAME, CenterFaceDetector, nms, read_int8_model
+from sdgan_stream.api import detector_precision, detector_threads
+from sdgan_stream.detect import INT8_MODEL_NAME, CenterFaceDetector, detector_session_options, nms, read_int8_model
 from sdgan_stream.detect_passes import TURNED_MIN_SCORE, MultiPassDetector, merge_detections, plan_main_passes
 from sdgan_stream.detect_scrfd import ScrfdDetector, resolve_scrfd_model
 from sdgan_stream.errors import BackendUnavailableError, WeightsError
@@ -134,6 +134,24 @@ def test_the_detector_runs_in_int8_on_the_cpu_unless_asked_otherwise() -> None:
         AnonymizeOptions(detector_precision="int4")
     with pytest.raises(ValueError, match="detector precision"):
         CenterFaceDetector(precision="fp16")
+
+
+def test_detector_sessions_do_not_spin_and_take_the_thread_count_asked() -> None:
+    options = detector_session_options(1)
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.intra_op_num_threads == 1
+    assert detector_session_options().intra_op_num_threads == 0  # onnxruntime's default: one per core
+
+
+def test_the_detector_leaves_half_the_cores_to_a_cpu_generator_in_the_parallel_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sdgan_stream.backends.base as base
+
+    monkeypatch.setattr(base, "physical_cores", lambda: 8)
+    assert detector_threads(AnonymizeOptions(method="sdgan", device="cpu")) == 4
+    assert detector_threads(AnonymizeOptions(method="sdgan", device="cpu", parallel=False)) == 0  # one stage at a time
+    assert detector_threads(AnonymizeOptions(method="blur")) == 0  # covers: detection is the work, all cores
+    monkeypatch.setattr(base, "physical_cores", lambda: 1)
+    assert detector_threads(AnonymizeOptions(method="sdgan", device="cpu")) == 1
 
 
 def test_missing_provider_is_an_error_naming_the_available_ones() -> None:
