@@ -104,6 +104,11 @@ class DlibRecognizer:
     def distances(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.linalg.norm(np.asarray(a)[:, None, :] - np.asarray(b)[None, :, :], axis=2)
 
+    def finds_face(self, image: np.ndarray, box: np.ndarray) -> bool:
+        """Whether dlib's HOG frontal detector (a detector of another family than CenterFace, which found
+        the face) finds a face at ``box`` on ``image``, the face scaled to ~110 px."""
+        return self._recognizer.detect_near(image, box) is not None
+
 
 class ArcFaceRecognizer:
     """insightface's ArcFace recognizer, loaded through insightface's own model zoo (no download).
@@ -193,7 +198,9 @@ class GuardConfig:
     # Which passing candidate is kept: "faithful", the one whose face keeps the original's landmarks best
     # (given landmark errors; otherwise the farthest), or "farthest" from the person. On held-out people
     # faithful kept a higher minimum distance (0.72 vs 0.69), more faces detectable (85% vs 79%) and a
-    # lower landmark error (0.076 vs 0.090); the farthest face is often the least face-like one.
+    # lower landmark error (0.076 vs 0.090); the farthest face is often the least face-like one. The
+    # renderer also tells faithful which candidates a second face detector still finds in the frame
+    # (SdganRenderer._found_in_frame); those come first.
     pick: str = "faithful"
 
     def __post_init__(self) -> None:
@@ -386,10 +393,11 @@ class IdentityGuard:
         return [candidate_seed(base, state.attempt, k) for k in range(self.config.candidates)]
 
     def choose(self, key: int, seeds: Sequence[int], crops: Sequence[np.ndarray], landmarks68_crop: Sequence[np.ndarray],
-               *, landmark_errors: Sequence[float] | None = None) -> int | None:
+               *, landmark_errors: Sequence[float] | None = None, found: Sequence[bool] | None = None) -> int | None:
         """Keep one candidate face (generated crops and their landmarks) that clears the margin: the
         farthest, or with ``pick="faithful"`` the one with the lowest ``landmark_errors`` (how far each
-        candidate's own landmarks are from the original's). None: the track is covered.
+        candidate's own landmarks are from the original's), taking first the candidates a second face
+        detector still ``found`` in the frame when that is given. None: the track is covered.
 
         Candidates are embedded only as far as the pick needs (an embedding is the guard's main cost):
         a faithful pick tries them from the best landmarks down and stops at the first that passes (and
@@ -407,11 +415,13 @@ class IdentityGuard:
 
         proposed = key in self._proposals  # the same pick in every segment that passes the same candidates
         if proposed or (self.config.pick == "faithful" and landmark_errors is not None):
-            order = list(range(len(seeds))) if proposed else sorted(range(len(seeds)), key=lambda i: landmark_errors[i])  # type: ignore[index]
+            def rank(i: int) -> tuple[bool, float]:  # found by the second detector first, then the most faithful
+                return (found is not None and not found[i], landmark_errors[i])  # type: ignore[index]
+
+            order = list(range(len(seeds))) if proposed else sorted(range(len(seeds)), key=rank)
             best = next((i for i in order if passes(i)), None)
-            if best is not None and not proposed:  # equally faithful candidates: the farther one
-                best = max((i for i in order if landmark_errors[i] == landmark_errors[best] and passes(i)),  # type: ignore[index]
-                           key=lambda i: nearest[i])
+            if best is not None and not proposed:  # equally ranked candidates: the farther one
+                best = max((i for i in order if rank(i) == rank(best) and passes(i)), key=lambda i: nearest[i])
         else:
             passing = [i for i in range(len(seeds)) if passes(i)]
             best = max(passing, key=lambda i: nearest[i]) if passing else None

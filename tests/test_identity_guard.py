@@ -87,6 +87,22 @@ def test_the_faithful_pick_keeps_the_passing_candidate_with_the_best_landmarks()
     assert chosen == seeds[2]
 
 
+def test_the_faithful_pick_prefers_candidates_a_second_detector_finds_and_falls_back_to_the_rest() -> None:
+    guard = IdentityGuard(FakeRecognizer(), GuardConfig(candidates=3, min_distance=0.5, pick="faithful"))
+    guard.start_frame()
+    guard.observe(1, _crop(100), _points(), 120.0)
+    guard.decide(1, 120.0, _points())
+    seeds = guard.candidates(1, identity_seed=7)
+    crops, errors = [_crop(220), _crop(170), _crop(200)], [0.01, 0.05, 0.3]
+    # all three pass; 0 keeps the landmarks best but no detector finds it in the frame: 1 is kept
+    assert guard.choose(1, seeds, crops, [_points()] * 3, landmark_errors=errors, found=[False, True, True]) == seeds[1]
+    # none found: the landmarks decide as before
+    assert guard.choose(1, seeds, crops, [_points()] * 3, landmark_errors=errors, found=[False] * 3) == seeds[0]
+    # the only one found is too close to the person: the margin still comes first
+    crops[1] = _crop(110)
+    assert guard.choose(1, seeds, crops, [_points()] * 3, landmark_errors=errors, found=[False, True, False]) == seeds[0]
+
+
 def test_the_faithful_pick_embeds_candidates_only_until_one_passes() -> None:
     recognizer = FakeRecognizer()
     guard = IdentityGuard(recognizer, GuardConfig(candidates=4, min_distance=0.5, pick="faithful"))
@@ -227,6 +243,51 @@ def test_dlib_guard_keeps_a_face_farther_than_its_margin(plain_renderer: SdganRe
         assert np.linalg.norm(after - before) >= 0.6
     else:
         assert outcome.reason == "identity_guard" and distance < 0.62
+
+
+def test_the_draw_asks_the_recognizers_detector_about_each_candidate_pasted_in_the_frame(
+        plain_renderer: SdganRenderer, monkeypatch: pytest.MonkeyPatch) -> None:
+    image, face = _photo_face()
+    recognizer = DlibRecognizer()
+    seen: list[np.ndarray] = []
+    asked = recognizer.finds_face
+    monkeypatch.setattr(recognizer, "finds_face", lambda frame, box: seen.append(frame.copy()) or asked(frame, box))
+    renderer = _renderer_with(plain_renderer, recognizer, candidates=3, min_distance=0.05)
+    given: dict[str, object] = {}
+    choose = renderer.guard.choose
+    monkeypatch.setattr(renderer.guard, "choose", lambda *a, **k: given.update(k) or choose(*a, **k))
+    renderer.render(image.copy(), [face])
+    found = given["found"]
+    assert isinstance(found, list) and len(found) == 3 and all(isinstance(f, bool) for f in found)
+    x1, y1, x2, y2 = face.box.astype(int)
+    # each question is about a frame with that candidate pasted (the faces differ), never the original
+    assert len(seen) == sum(np.isfinite(e) for e in given["landmark_errors"])
+    assert all(np.abs(f[y1:y2, x1:x2].astype(int) - image[y1:y2, x1:x2]).mean() > 5 for f in seen)
+    assert any(np.abs(a[y1:y2, x1:x2].astype(int) - b[y1:y2, x1:x2]).mean() > 1 for a, b in zip(seen, seen[1:]))
+
+
+def test_a_failing_face_check_leaves_the_pick_to_the_landmarks_and_covers_nothing(
+        plain_renderer: SdganRenderer, monkeypatch: pytest.MonkeyPatch) -> None:
+    image, face = _photo_face()
+    recognizer = FakeRecognizer()
+    recognizer.finds_face = lambda frame, box: (_ for _ in ()).throw(RuntimeError("detector crashed"))  # type: ignore[attr-defined]
+    renderer = _renderer_with(plain_renderer, recognizer, candidates=2, min_distance=0.05)
+    given: dict[str, object] = {}
+    choose = renderer.guard.choose
+    monkeypatch.setattr(renderer.guard, "choose", lambda *a, **k: given.update(k) or choose(*a, **k))
+    assert [o.method for o in renderer.render(image.copy(), [face])] == ["sdgan"]
+    assert given["found"] is None
+
+
+def test_a_recognizer_without_a_detector_leaves_the_pick_to_the_landmarks(plain_renderer: SdganRenderer,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    image, face = _photo_face()
+    renderer = _renderer_with(plain_renderer, FakeRecognizer(), candidates=2, min_distance=0.05)
+    given: dict[str, object] = {}
+    choose = renderer.guard.choose
+    monkeypatch.setattr(renderer.guard, "choose", lambda *a, **k: given.update(k) or choose(*a, **k))
+    assert [o.method for o in renderer.render(image.copy(), [face])] == ["sdgan"]
+    assert given["found"] is None and len(given["landmark_errors"]) == 2
 
 
 # -- recognizers ------------------------------------------------------------------------------------------------
