@@ -558,7 +558,7 @@ def test_the_api_honours_an_explicit_none_as_the_cli_does(face_clip: SyntheticCl
         options.with_overrides(colour="red")
     seen: list[AnonymizeOptions] = []
     build_detector = api.build_detector
-    monkeypatch.setattr(api, "build_detector", lambda o: seen.append(o) or build_detector(o))
+    monkeypatch.setattr(api, "build_detector", lambda o, **kw: seen.append(o) or build_detector(o, **kw))
     anonymize_video(face_clip.path, tmp_path / "full.mp4", method="pixelate", track=False, detect_size=None)
     assert seen[0].detect_size is None  # detected at full size, not at the 960x960 default
 

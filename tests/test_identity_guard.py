@@ -76,23 +76,25 @@ def test_the_farthest_candidate_is_kept_when_it_clears_the_margin() -> None:
     assert guard.decide(1, 120.0, _points()).action == "keep"
 
 
-def test_the_faithful_pick_keeps_the_passing_candidate_with_the_best_landmarks() -> None:
-    guard = IdentityGuard(FakeRecognizer(), GuardConfig(candidates=3, min_distance=0.5, pick="faithful"))
+def _faithful_draw(recognizer: FakeRecognizer, candidates: int) -> tuple[IdentityGuard, list[int]]:
+    """A faithful guard with margin 0.5 whose track 1 (an original of grey level 100) is about to draw."""
+    guard = IdentityGuard(recognizer, GuardConfig(candidates=candidates, min_distance=0.5, pick="faithful"))
     guard.start_frame()
     guard.observe(1, _crop(100), _points(), 120.0)
     guard.decide(1, 120.0, _points())
     seeds = guard.candidates(1, identity_seed=7)
+    return guard, seeds
+
+
+def test_the_faithful_pick_keeps_the_passing_candidate_with_the_best_landmarks() -> None:
+    guard, seeds = _faithful_draw(FakeRecognizer(), 3)
     # candidate 0 keeps the landmarks best but is too close to the person; 2 is the best that passes
     chosen = guard.choose(1, seeds, [_crop(110), _crop(220), _crop(170)], [_points()] * 3, landmark_errors=[0.01, 0.3, 0.05])
     assert chosen == seeds[2]
 
 
 def test_the_faithful_pick_prefers_candidates_a_second_detector_finds_and_falls_back_to_the_rest() -> None:
-    guard = IdentityGuard(FakeRecognizer(), GuardConfig(candidates=3, min_distance=0.5, pick="faithful"))
-    guard.start_frame()
-    guard.observe(1, _crop(100), _points(), 120.0)
-    guard.decide(1, 120.0, _points())
-    seeds = guard.candidates(1, identity_seed=7)
+    guard, seeds = _faithful_draw(FakeRecognizer(), 3)
     crops, errors = [_crop(220), _crop(170), _crop(200)], [0.01, 0.05, 0.3]
     # all three pass; 0 keeps the landmarks best but no detector finds it in the frame: 1 is kept
     assert guard.choose(1, seeds, crops, [_points()] * 3, landmark_errors=errors, found=[False, True, True]) == seeds[1]
@@ -105,11 +107,7 @@ def test_the_faithful_pick_prefers_candidates_a_second_detector_finds_and_falls_
 
 def test_the_faithful_pick_embeds_candidates_only_until_one_passes() -> None:
     recognizer = FakeRecognizer()
-    guard = IdentityGuard(recognizer, GuardConfig(candidates=4, min_distance=0.5, pick="faithful"))
-    guard.start_frame()
-    guard.observe(1, _crop(100), _points(), 120.0)
-    guard.decide(1, 120.0, _points())
-    seeds = guard.candidates(1, identity_seed=7)
+    guard, seeds = _faithful_draw(recognizer, 4)
     before = recognizer.calls
     # by landmarks: 3 (too close), 1 (passes), then 0 and 2, which need no embedding; 0 and 1 tie on landmarks
     chosen = guard.choose(1, seeds, [_crop(180), _crop(170), _crop(240), _crop(105)], [_points()] * 4,
@@ -245,6 +243,14 @@ def test_dlib_guard_keeps_a_face_farther_than_its_margin(plain_renderer: SdganRe
         assert outcome.reason == "identity_guard" and distance < 0.62
 
 
+def _keywords_of_choose(renderer: SdganRenderer, monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+    """The keyword arguments the renderer passes to its guard's ``choose`` (filled in as it is called)."""
+    given: dict[str, object] = {}
+    choose = renderer.guard.choose
+    monkeypatch.setattr(renderer.guard, "choose", lambda *a, **k: given.update(k) or choose(*a, **k))
+    return given
+
+
 def test_the_draw_asks_the_recognizers_detector_about_each_candidate_pasted_in_the_frame(
         plain_renderer: SdganRenderer, monkeypatch: pytest.MonkeyPatch) -> None:
     image, face = _photo_face()
@@ -253,9 +259,7 @@ def test_the_draw_asks_the_recognizers_detector_about_each_candidate_pasted_in_t
     asked = recognizer.finds_face
     monkeypatch.setattr(recognizer, "finds_face", lambda frame, box: seen.append(frame.copy()) or asked(frame, box))
     renderer = _renderer_with(plain_renderer, recognizer, candidates=3, min_distance=0.05)
-    given: dict[str, object] = {}
-    choose = renderer.guard.choose
-    monkeypatch.setattr(renderer.guard, "choose", lambda *a, **k: given.update(k) or choose(*a, **k))
+    given = _keywords_of_choose(renderer, monkeypatch)
     renderer.render(image.copy(), [face])
     found = given["found"]
     assert isinstance(found, list) and len(found) == 3 and all(isinstance(f, bool) for f in found)
@@ -272,9 +276,7 @@ def test_a_failing_face_check_leaves_the_pick_to_the_landmarks_and_covers_nothin
     recognizer = FakeRecognizer()
     recognizer.finds_face = lambda frame, box: (_ for _ in ()).throw(RuntimeError("detector crashed"))  # type: ignore[attr-defined]
     renderer = _renderer_with(plain_renderer, recognizer, candidates=2, min_distance=0.05)
-    given: dict[str, object] = {}
-    choose = renderer.guard.choose
-    monkeypatch.setattr(renderer.guard, "choose", lambda *a, **k: given.update(k) or choose(*a, **k))
+    given = _keywords_of_choose(renderer, monkeypatch)
     assert [o.method for o in renderer.render(image.copy(), [face])] == ["sdgan"]
     assert given["found"] is None
 
@@ -283,9 +285,7 @@ def test_a_recognizer_without_a_detector_leaves_the_pick_to_the_landmarks(plain_
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     image, face = _photo_face()
     renderer = _renderer_with(plain_renderer, FakeRecognizer(), candidates=2, min_distance=0.05)
-    given: dict[str, object] = {}
-    choose = renderer.guard.choose
-    monkeypatch.setattr(renderer.guard, "choose", lambda *a, **k: given.update(k) or choose(*a, **k))
+    given = _keywords_of_choose(renderer, monkeypatch)
     assert [o.method for o in renderer.render(image.copy(), [face])] == ["sdgan"]
     assert given["found"] is None and len(given["landmark_errors"]) == 2
 
