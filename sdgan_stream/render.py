@@ -150,6 +150,8 @@ class SdganRenderer:
         self.guard = guard
         self.last_generated: list[tuple[PreparedFace, np.ndarray]] = []  # for `inspect`: crops of the last call
         self._reshaped_this_frame: dict[tuple[int, int], PreparedFace] = {}  # see _reshaped
+        # (id, id) of two crops -> (the crops, their share): see _new_share
+        self._shares_this_frame: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._device_frames: Any = None
         if use_device_frames(backend, frame_path):
             from .backends.gpu_warp import DeviceFrameRenderer
@@ -243,6 +245,7 @@ class SdganRenderer:
         outcomes: list[FaceOutcome] = []
         candidates: list[PreparedFace] = []
         self._reshaped_this_frame = {}
+        self._shares_this_frame = {}
         for item in self._preparation(image, faces, prepared):
             if isinstance(item, FaceFallback):
                 outcomes.append(self._cover(image, item.face, item.reason))
@@ -373,7 +376,8 @@ class SdganRenderer:
         (HOG found it on 42% and 65% of their frames, every other track on 98-100%); with this check every
         track was found on 98-100%, and dlib's CNN detector, which the check does not use, found 0.89 of the
         faces instead of 0.84 (``benchmarks/results/realism/guard_detector_check.json``)."""
-        finds_face = getattr(self.guard.recognizer, "finds_face", None) if self.guard is not None else None
+        assert self.guard is not None
+        finds_face = getattr(self.guard.recognizer, "finds_face", None)
         if finds_face is None:
             return None
         out = []
@@ -449,13 +453,22 @@ class SdganRenderer:
         everywhere, or with ``change_gate`` per crop pixel in proportion to how much the original aligned
         crop changed there since the last frame (mean RGB change, blurred over a few pixels: a blink or an
         opening mouth comes through at once, a still cheek keeps its generated pixels), from
-        ``1 - temporal_smoothing`` up to 1 at ``change_gate`` levels. A (1, S, S) float32 array then."""
+        ``1 - temporal_smoothing`` up to 1 at ``change_gate`` levels. A (1, S, S) float32 array then.
+
+        The generator's output (:meth:`_smooth`) and the pasted crop (:meth:`_steady_paste`) ask for the
+        same pair of crops in one frame: it is computed once per frame and pair."""
         least = 1.0 - self.temporal_smoothing
         if self.change_gate <= 0 or crop_before is None or crop is None or crop_before.shape != crop.shape:
             return least
+        key = (id(crop_before), id(crop))  # the entry holds both crops, so neither id can be reused meanwhile
+        known = self._shares_this_frame.get(key)
+        if known is not None:
+            return known[2]
         change = np.abs(crop.astype(np.float32) - crop_before.astype(np.float32)).mean(-1)
         change = cv2.GaussianBlur(change, (0, 0), CHANGE_BLUR * crop.shape[0])
-        return np.clip(change / self.change_gate, least, 1.0)[None]
+        share = np.clip(change / self.change_gate, least, 1.0)[None]
+        self._shares_this_frame[key] = (crop_before, crop, share)
+        return share
 
     def _steady_paste(self, colour: np.ndarray, prepared: PreparedFace,
                       pasted: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray | None]]) -> np.ndarray:
