@@ -217,6 +217,9 @@ def anonymize_video(
     guard = getattr(anonymizer.renderer, "guard", None)  # the sdgan renderer's identity guard, when on
     if guard is not None:
         stats.update({f"guard_{name}": count for name, count in guard.counts.items()})
+    reused = getattr(anonymizer.renderer, "reused_faces", 0)  # generated faces served again, unchanged inputs
+    if reused:
+        stats["faces_sdgan_reused"] = reused
     return JobReport(
         input=src,
         output=dst,

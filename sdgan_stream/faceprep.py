@@ -73,6 +73,9 @@ class PreparedFace:
     region_mask: np.ndarray  # (S, S) float32 in [0, 1]: 1 where the generator replaces the face
     landmarks68_crop: np.ndarray  # (68, 2) float32 in crop pixels
     landmarks68: np.ndarray  # (68, 2) float32 in image pixels
+    # The generator's context input (S, S, 3) uint8 when it is not ``crop`` (a tracked face's steadied copy of
+    # it, see SdganRenderer._held_inputs); None: ``crop``.
+    context: np.ndarray | None = None
 
     @property
     def size(self) -> int:
@@ -217,7 +220,8 @@ def _touches_border(labels: np.ndarray) -> bool:
 
 
 def masked_input(prepared: PreparedFace, *, fill: int = 0) -> np.ndarray:
-    """The crop with the replaced region blanked to ``fill``: the generator's context input, (S, S, 3) uint8."""
-    out = prepared.crop.copy()
+    """The context (the crop unless a steadied one is given) with the replaced region blanked to ``fill``: the
+    generator's context input, (S, S, 3) uint8."""
+    out = (prepared.crop if prepared.context is None else prepared.context).copy()
     out[prepared.region_mask > 0] = fill
     return out

@@ -11,7 +11,9 @@ Per track and identity, the generated output and the pasted crop are blended wit
 where the original face did not change (change-gated smoothing, ``change_gate``): the generator and the
 gradient-domain paste change more from frame to frame than the face does. Before that, a tracked face
 keeps the semantic map it was last generated from while its landmarks stay within a pixel of it
-(``map_hold``): the generated identity moves with every pixel of the map.
+(``map_hold``: the generated identity moves with every pixel of the map), and the context pixels around it
+where the original changed less than ``change_gate``; a face whose inputs are then those of last frame is
+served last frame's output without a generator call.
 
 A face falls back to the cover (and the outcome records why) when it is too small, out of frame, in
 profile, when its landmarks fail, or when the region the generator would replace does not cover the
@@ -152,7 +154,12 @@ class SdganRenderer:
         # it cannot grow on long streams.
         self._previous: dict[tuple[int, int], tuple[Any, np.ndarray | None]] = {}
         self._regions: dict[int, np.ndarray] = {}  # track id -> replaced-region memory (crop space), last frame's tracks
-        self._held_maps: dict[int, PreparedFace] = {}  # track id -> the face its map was last drawn for; see _held_map
+        self._held: dict[int, PreparedFace] = {}  # track id -> last frame's steadied face; see _held_inputs
+        # (track id, identity seed) -> (context input, map, raw output) of last frame's generated faces, and
+        # this frame's so far: identical inputs are served without a generator call (see generate_crops).
+        self._generated: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, Any]] = {}
+        self._generated_now: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, Any]] = {}
+        self.reused_faces = 0  # faces served from _generated (for the job's stats and benchmarks)
         # (track id, identity seed) -> (last pasted crop (float), its replaced region, the original crop): the
         # gradient-domain paste takes its boundary from the surroundings, which change as the head moves
         # over them, and that changed the pasted face's colour every frame; see _steady_paste.
@@ -234,7 +241,10 @@ class SdganRenderer:
         clone = copy.copy(self)
         clone._previous = {}
         clone._regions = {}
-        clone._held_maps = {}
+        clone._held = {}
+        clone._generated = {}
+        clone._generated_now = {}
+        clone.reused_faces = 0
         clone._pasted = {}
         clone.stabilizer = LandmarkStabilizer(jitter=self.stabilizer.jitter, floor=self.stabilizer.floor)
         clone.last_generated = []
@@ -263,6 +273,7 @@ class SdganRenderer:
         candidates: list[PreparedFace] = []
         self._reshaped_this_frame = {}
         self._shares_this_frame = {}
+        self._generated_now = {}
         held: dict[int, PreparedFace] = {}
         for item in self._preparation(image, faces, prepared):
             if isinstance(item, FaceFallback):
@@ -270,8 +281,8 @@ class SdganRenderer:
             elif centre_coverage(item) < MIN_CENTRE_COVERAGE:
                 outcomes.append(self._cover(image, item.face, "region_misses_face"))
             else:  # held before the guard: the face it verifies is the face that is pasted
-                candidates.append(self._held_map(item, held))
-        self._held_maps = held
+                candidates.append(self._held_inputs(item, held))
+        self._held = held
         if self.guard is not None:
             candidates, refused = self._guarded(image, candidates)
             outcomes += [self._cover(image, face, "identity_guard") for face in refused]
@@ -297,6 +308,7 @@ class SdganRenderer:
             self._pasted = pasted
         outcomes.extend(FaceOutcome(prepared.face.extra.get("original", prepared.face), self.name) for prepared in ready)
         self._previous = current
+        self._generated = {key: made for key, made in self._generated_now.items() if key in current}
         return outcomes
 
     def _preparation(self, image: np.ndarray, faces: Sequence[Face], prepared: object | None) -> list[PreparedFace | FaceFallback]:
@@ -419,9 +431,7 @@ class SdganRenderer:
         With ``smoothed_into``, each tracked face's output is blended with its previous frame's
         (:meth:`_smooth`) and stored there under its smoothing key.
         """
-        masked = _to_network([masked_input(p) for p in faces])
-        semantic = np.stack([one_hot(p.labels, self.config.label_nc) for p in faces])
-        raw = self.backend.generate(masked, semantic, self._identity(faces))
+        raw = self._generate(faces)
         if smoothed_into is not None:
             raw = self._smooth(raw, faces, smoothed_into)
         out = _from_network(raw)
@@ -429,6 +439,31 @@ class SdganRenderer:
         mask = np.stack([p.region_mask for p in faces])[..., None]
         crops = np.stack([p.crop for p in faces])
         return np.where(mask > 0.5, out, crops)
+
+    def _generate(self, faces: list[PreparedFace]) -> np.ndarray:
+        """The generator's raw output (B, 3, S, S) for ``faces``. A tracked face given the same context input
+        and map, with the same identity, as a face generated last frame or earlier in this one gets that
+        output again without a generator call: a still face whose inputs the holds keep (``_held_inputs``),
+        and the guard's chosen candidate in its final call."""
+        contexts = [masked_input(p) for p in faces]
+        rows: list[np.ndarray | None] = [None] * len(faces)
+        for index, (prepared, context) in enumerate(zip(faces, contexts)):
+            key = _smoothing_key(prepared) if prepared.face.track_id is not None else None
+            known = self._generated_now.get(key) or self._generated.get(key) if key is not None else None
+            if known is not None and np.array_equal(known[0], context) and np.array_equal(known[1], prepared.labels):
+                rows[index] = known[2]
+                self._generated_now[key] = known  # type: ignore[index]
+                self.reused_faces += 1
+        missing = [i for i, row in enumerate(rows) if row is None]
+        if missing:
+            masked = _to_network([contexts[i] for i in missing])
+            semantic = np.stack([one_hot(faces[i].labels, self.config.label_nc) for i in missing])
+            raw = self.backend.generate(masked, semantic, self._identity([faces[i] for i in missing]))
+            for i, row in zip(missing, raw):
+                rows[i] = np.array(row, copy=True)  # the backend may reuse its output buffer
+                if faces[i].face.track_id is not None:
+                    self._generated_now[_smoothing_key(faces[i])] = (contexts[i], faces[i].labels, rows[i])
+        return np.stack(rows) if rows else np.zeros((0, 3, self.config.image_size, self.config.image_size), np.float32)
 
     def _identity(self, faces: Sequence[PreparedFace]) -> np.ndarray:
         from .models.identity import identity_codes
@@ -554,22 +589,37 @@ class SdganRenderer:
         self._reshaped_this_frame[key] = reshaped
         return reshaped
 
-    def _held_map(self, prepared: PreparedFace, held: dict[int, PreparedFace]) -> PreparedFace:
-        """A tracked face with the crop landmarks, map and region of its last frame while none of its 68
-        crop landmarks moved more than ``map_hold`` of the crop side from them (see
-        :data:`DEFAULT_MAP_HOLD`); the face it was drawn for is stored in ``held`` under the track id."""
-        if prepared.face.track_id is None or self.map_hold <= 0:
+    def _held_inputs(self, prepared: PreparedFace, held: dict[int, PreparedFace]) -> PreparedFace:
+        """A tracked face with steadied generator inputs; what it was given is stored in ``held`` under the
+        track id for the next frame.
+
+        - The map: the crop landmarks, map and region of its last frame while none of its 68 crop landmarks
+          moved more than ``map_hold`` of the crop side from them (:data:`DEFAULT_MAP_HOLD`).
+        - The context (the crop around the replaced region): last frame's pixels where the original crop
+          changed less than ``change_gate`` levels there (the same gate as the output smoothing): codec noise
+          does not reach the generator, a moving background or hand does.
+
+        Faces given the same inputs get the same generated face, reused without a generator call
+        (:meth:`generate_crops`)."""
+        if prepared.face.track_id is None:
             return prepared
         key = int(prepared.face.track_id)
-        last = self._held_maps.get(key)
-        if last is not None and last.labels.shape == prepared.labels.shape:
-            moved = float(np.abs(prepared.landmarks68_crop - last.landmarks68_crop).max())
-            if moved <= self.map_hold * prepared.size:
-                held[key] = last
-                return dataclasses.replace(prepared, labels=last.labels, region_mask=last.region_mask,
-                                           landmarks68_crop=last.landmarks68_crop)
-        held[key] = prepared
-        return prepared
+        last = self._held.get(key)
+        if last is None or last.labels.shape != prepared.labels.shape:
+            held[key] = prepared
+            return prepared
+        steady = prepared
+        moved = float(np.abs(prepared.landmarks68_crop - last.landmarks68_crop).max())
+        if self.map_hold > 0 and moved <= self.map_hold * prepared.size:
+            steady = dataclasses.replace(steady, labels=last.labels, region_mask=last.region_mask,
+                                         landmarks68_crop=last.landmarks68_crop)
+        before = last.context if last.context is not None else last.crop
+        if self.change_gate > 0 and prepared.crop is not None and before is not None and before.shape == prepared.crop.shape:
+            change = np.abs(prepared.crop.astype(np.float32) - before.astype(np.float32)).mean(-1)
+            change = cv2.GaussianBlur(change, (0, 0), CHANGE_BLUR * prepared.size)
+            steady = dataclasses.replace(steady, context=np.where((change >= self.change_gate)[..., None], prepared.crop, before))
+        held[key] = steady
+        return steady
 
     def _steady_region(self, prepared: PreparedFace, regions: dict[int, np.ndarray]) -> PreparedFace:
         """A tracked face's replaced region joined with its recent regions (see ``REGION_MEMORY``); the

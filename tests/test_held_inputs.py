@@ -31,10 +31,11 @@ def _points() -> np.ndarray:
     return np.random.default_rng(0).uniform(20, 108, (68, 2)).astype(np.float32)
 
 
-def _prepared(points: np.ndarray, *, label: int, track: int | None = 1) -> PreparedFace:
+def _prepared(points: np.ndarray, *, label: int, track: int | None = 1, crop: np.ndarray | None = None) -> PreparedFace:
     """A face whose map is filled with ``label``: which frame's map a held face carries is visible."""
     face = Face(box=np.array([0, 0, S, S], np.float32), score=0.9, track_id=track, identity_seed=3)
-    return PreparedFace(face=face, matrix=np.eye(2, 3), crop=np.zeros((S, S, 3), np.uint8),
+    crop = np.zeros((S, S, 3), np.uint8) if crop is None else crop
+    return PreparedFace(face=face, matrix=np.eye(2, 3), crop=crop,
                         labels=np.full((S, S), label, np.uint8), region_mask=np.full((S, S), label / 10, np.float32),
                         landmarks68_crop=points, landmarks68=points.copy())
 
@@ -44,8 +45,8 @@ def _frames(renderer: SdganRenderer, faces: list[PreparedFace]) -> list[Prepared
     out = []
     for face in faces:
         held: dict[int, PreparedFace] = {}
-        out.append(renderer._held_map(face, held))
-        renderer._held_maps = held
+        out.append(renderer._held_inputs(face, held))
+        renderer._held = held
     return out
 
 
@@ -87,9 +88,9 @@ def test_a_track_missing_for_a_frame_and_a_new_stream_start_afresh() -> None:
     points = _points()
     renderer = _renderer()
     _frames(renderer, [_prepared(points, label=1)])
-    renderer._held_maps = {}  # what render() leaves after a frame without track 1
+    renderer._held = {}  # what render() leaves after a frame without track 1
     assert _frames(renderer, [_prepared(points, label=2)])[0].labels[0, 0] == 2
-    assert renderer.for_new_stream()._held_maps == {}
+    assert renderer.for_new_stream()._held == {}
 
 
 def test_a_negative_hold_is_refused() -> None:
@@ -97,33 +98,97 @@ def test_a_negative_hold_is_refused() -> None:
         _renderer(map_hold=-0.1)
 
 
-class _SpyBackend:
-    """The real generator, recording the semantic maps it is given."""
+def test_codec_noise_around_the_face_keeps_the_context_and_a_real_change_comes_through() -> None:
+    points = _points()
+    rng = np.random.default_rng(2)
+    first = rng.integers(40, 200, (S, S, 3)).astype(np.uint8)
+    noisy = np.clip(first.astype(int) + rng.integers(-3, 4, first.shape), 0, 255).astype(np.uint8)
+    moved = noisy.copy()
+    moved[:32, :32] = 255  # a hand comes into the corner
+    frames = _frames(_renderer(), [_prepared(points, label=1, crop=c) for c in (first, noisy, moved)])
+    assert frames[0].context is None  # a new track: its own crop
+    np.testing.assert_array_equal(frames[1].context, first)
+    np.testing.assert_array_equal(frames[2].context[:24, :24], moved[:24, :24])  # the change, whole
+    np.testing.assert_array_equal(frames[2].context[64:, 64:], first[64:, 64:])  # elsewhere still the first frame
+    assert frames[2].crop is moved  # the crop itself (pasted around the face, judged by the guard) is this frame's
+    off = _frames(_renderer(change_gate=0.0), [_prepared(points, label=1, crop=c) for c in (first, noisy)])
+    assert off[1].context is None
+
+
+def test_the_generator_input_is_the_held_context() -> None:
+    from sdgan_stream.faceprep import masked_input
+
+    points = _points()
+    crop, context = np.full((S, S, 3), 200, np.uint8), np.full((S, S, 3), 50, np.uint8)
+    face = dataclasses.replace(_prepared(points, label=1, crop=crop), context=context, region_mask=np.zeros((S, S), np.float32))
+    assert masked_input(face)[0, 0, 0] == 50
+
+
+class _CountingBackend:
+    """The real generator, counting the faces it generates and keeping the maps it is given."""
 
     def __init__(self, backend) -> None:
-        self.backend, self.device, self.maps = backend, backend.device, []
+        self.backend, self.device, self.faces, self.maps = backend, backend.device, 0, []
 
     def generate(self, masked, semantic, identity):
+        self.faces += len(masked)
         self.maps.append(semantic.copy())
         return self.backend.generate(masked, semantic, identity)
 
 
-@pytest.mark.parametrize("hold", [DEFAULT_MAP_HOLD, 0.0])
-def test_a_still_face_with_jittering_landmarks_gets_one_map(hold: float) -> None:
-    """End to end on a photo: the detector's five points jitter by a pixel on the second frame; with the hold the
-    generator gets the first frame's map again, without it the map changes with the jitter."""
+@pytest.fixture(scope="module")
+def real_renderer() -> SdganRenderer:
     from sdgan_stream.config import AnonymizeOptions
 
+    return SdganRenderer.from_options(AnonymizeOptions(backend="eager", device="cpu"))
+
+
+def _counting(real: SdganRenderer, **kwargs) -> tuple[SdganRenderer, _CountingBackend]:
+    spy = _CountingBackend(real.backend)
+    return SdganRenderer(backend=spy, config=real.config, landmarker=real.landmarker, fallback=CoverRenderer(),
+                         frame_path="host", **kwargs), spy
+
+
+@pytest.mark.parametrize("hold", [DEFAULT_MAP_HOLD, 0.0])
+def test_a_still_face_with_jittering_landmarks_gets_one_map(real_renderer: SdganRenderer, hold: float) -> None:
+    """End to end on a photo: the detector's five points jitter by a pixel on the second frame; with the hold the
+    generator gets the first frame's map again, without it the map changes."""
     from .test_sdgan_pipeline import _face_on_canvas
 
-    base = SdganRenderer.from_options(AnonymizeOptions(backend="eager", device="cpu"))
-    spy = _SpyBackend(base.backend)
-    renderer = SdganRenderer(backend=spy, config=base.config, landmarker=base.landmarker, fallback=CoverRenderer(),
-                             frame_path="host", map_hold=hold)
+    renderer, spy = _counting(real_renderer, map_hold=hold)
     image, box, landmarks = _face_on_canvas()
     jitter = np.array([[0.8, -0.6], [-0.7, 0.5], [0.6, 0.7], [-0.5, -0.8], [0.7, 0.6]], np.float32)
     for points in (landmarks, landmarks + jitter):
         outcomes = renderer.render(image.copy(), [Face(box=box, score=0.9, landmarks=points, track_id=1, identity_seed=4)])
         assert [o.method for o in outcomes] == ["sdgan"]
+    # (the crop itself moved by the jitter, so the context changed at sharp edges: generated both times)
     first, second = spy.maps
     assert np.array_equal(first, second) == (hold > 0)
+
+
+def test_a_face_whose_inputs_did_not_change_is_reused_exactly_and_a_change_is_generated(real_renderer: SdganRenderer) -> None:
+    from .test_sdgan_pipeline import _face_on_canvas
+
+    renderer, spy = _counting(real_renderer)
+    image, box, landmarks = _face_on_canvas()
+    outputs = []
+
+    def frame(picture: np.ndarray, seed: int = 4, track: int | None = 1) -> None:
+        canvas = picture.copy()
+        renderer.render(canvas, [Face(box=box, score=0.9, landmarks=landmarks, track_id=track, identity_seed=seed)])
+        outputs.append(canvas)
+
+    frame(image)
+    frame(image)
+    assert (spy.faces, renderer.reused_faces) == (1, 1)
+    np.testing.assert_array_equal(outputs[0], outputs[1])  # the same face, bit for bit
+    frame(image, seed=5)  # a new identity for the track: generated
+    assert spy.faces == 2
+    x1, y1, x2, y2 = box.astype(int)
+    changed = image.copy()
+    changed[y1:y2, x1:x2] = 255 - changed[y1:y2, x1:x2]  # the whole face changed
+    frame(changed, seed=5)
+    assert spy.faces == 3
+    frame(image, track=None)
+    frame(image, track=None)  # untracked faces have no yesterday
+    assert spy.faces == 5
