@@ -288,7 +288,7 @@ class SdganRenderer:
             outcomes += [self._cover(image, face, "identity_guard") for face in refused]
         # The generator sees each face with its (guard-chosen) identity seed; outcomes name the faces as given.
         regions: dict[int, np.ndarray] = {}
-        ready = [self._steady_region(self._reshaped(prepared), regions) for prepared in candidates]
+        ready = [self._as_pasted(prepared, regions) for prepared in candidates]
         self._regions = regions
         self.last_generated = []
         current: dict[tuple[int, int], Any] = {}
@@ -354,7 +354,7 @@ class SdganRenderer:
                 else:
                     kept.append(chosen)
         if to_verify:
-            crops = self.generate_crops([self._reshaped(p) for _, p in to_verify])
+            crops = self.generate_crops([self._as_pasted(p) for _, p in to_verify])
             for (key, prepared), crop in zip(to_verify, crops):
                 points = self._reshaped_points(prepared)
                 try:
@@ -383,7 +383,7 @@ class SdganRenderer:
         assert guard is not None
         seeds = guard.candidates(key, _original(prepared).identity_seed)
         options = [_with_seed(prepared, seed) for seed in seeds]
-        crops = np.concatenate([self.generate_crops([self._reshaped(p) for p in options[i : i + self.batch_size]])
+        crops = np.concatenate([self.generate_crops([self._as_pasted(p) for p in options[i : i + self.batch_size]])
                                 for i in range(0, len(options), self.batch_size)])
         errors = found = None
         if guard.config.pick == "faithful":
@@ -418,7 +418,7 @@ class SdganRenderer:
                     out.append(False)
                     continue
                 trial = image.copy()
-                paste_back(trial, crop, self._reshaped(option))
+                paste_back(trial, crop, self._as_pasted(option))
                 out.append(bool(finds_face(trial, option.face.box)))
         except Exception:  # a preference between faces that all clear the margin: never a reason to cover
             log.exception("identity guard: the face check of the candidates failed; picking by landmarks alone")
@@ -588,6 +588,11 @@ class SdganRenderer:
         reshaped = dataclasses.replace(prepared, labels=labels, region_mask=region)
         self._reshaped_this_frame[key] = reshaped
         return reshaped
+
+    def _as_pasted(self, prepared: PreparedFace, regions: dict[int, np.ndarray] | None = None) -> PreparedFace:
+        """The face as the final generator call sees it: reshaped map, steadied region. The guard checks
+        these same inputs, so the face it verified is the face pasted, and its output is reused there."""
+        return self._steady_region(self._reshaped(prepared), {} if regions is None else regions)
 
     def _held_inputs(self, prepared: PreparedFace, held: dict[int, PreparedFace]) -> PreparedFace:
         """A tracked face with steadied generator inputs; what it was given is stored in ``held`` under the

@@ -224,6 +224,34 @@ def test_a_verified_identity_is_generated_and_kept_across_frames(plain_renderer:
     assert np.abs(first[y1:y2, x1:x2].astype(int) - second[y1:y2, x1:x2]).mean() < 2  # the same identity
 
 
+class _CountingBackend:
+    def __init__(self, backend) -> None:
+        self.backend, self.device, self.faces = backend, backend.device, 0
+
+    def generate(self, masked, semantic, identity):
+        self.faces += len(masked)
+        return self.backend.generate(masked, semantic, identity)
+
+
+def test_the_face_the_guard_checked_is_the_face_pasted_and_is_not_generated_again(plain_renderer: SdganRenderer) -> None:
+    """A draw generates its candidates and the final call reuses the chosen one; a re-check generates the face
+    once for the check and the paste together."""
+    image, face = _photo_face()
+    spy = _CountingBackend(plain_renderer.backend)
+    renderer = SdganRenderer(backend=spy, config=plain_renderer.config, landmarker=plain_renderer.landmarker,
+                             fallback=CoverRenderer(), guard=IdentityGuard(FakeRecognizer(), GuardConfig(candidates=3, min_distance=0.05,
+                                                                                                    recheck_every=1)))
+    frames = []
+    for _ in range(2):
+        canvas = image.copy()
+        assert [o.method for o in renderer.render(canvas, [face])] == ["sdgan"]
+        frames.append(canvas)
+    assert renderer.guard.counts["draws"] == 1 and renderer.guard.counts["verifications"] == 1
+    assert spy.faces == 3  # the draw's three candidates; the pastes and the re-check reused the chosen one
+    assert renderer.reused_faces == 3  # frame 1's paste, frame 2's re-check and paste
+    np.testing.assert_array_equal(frames[0], frames[1])
+
+
 def test_dlib_guard_keeps_a_face_farther_than_its_margin(plain_renderer: SdganRenderer) -> None:
     image, face = _photo_face()
     renderer = _renderer_with(plain_renderer, DlibRecognizer(), candidates=4, min_distance=0.62)
