@@ -219,7 +219,7 @@ def anonymize_video(
         stats.update({f"guard_{name}": count for name, count in guard.counts.items()})
     reused = getattr(anonymizer.renderer, "reused_faces", 0)  # generated faces served again, unchanged inputs
     if reused:
-        stats["faces_sdgan_reused"] = reused
+        stats["generator_reused_faces"] = reused
     return JobReport(
         input=src,
         output=dst,

@@ -129,6 +129,8 @@ def _anonymize_one(src: Path, dst: Path | None, options: AnonymizeOptions, *, pr
     guard = {k.removeprefix("guard_"): v for k, v in report.stats.items() if k.startswith("guard_")}
     if guard:
         summary += f", identity guard {guard}"
+    if report.stats.get("generator_reused_faces"):
+        summary += f", {report.stats['generator_reused_faces']} generated faces reused (inputs unchanged)"
     if report.corrupt_packets:
         summary += f", {report.corrupt_packets} corrupt packets skipped"
     if report.interrupted:
