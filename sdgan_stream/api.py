@@ -186,6 +186,7 @@ def anonymize_video(
         info = source.info
         owned_renderer = renderer is None
         renderer = renderer or build_renderer(options)
+        reused_before = getattr(renderer, "reused_faces", 0)  # a renderer handed in may have served other videos
         try:
             anonymizer = build_anonymizer(options, info, detector=detector, renderer=renderer)
             audio_from = src if (options.audio and source.has_audio and segment is None) else None
@@ -217,7 +218,7 @@ def anonymize_video(
     guard = getattr(anonymizer.renderer, "guard", None)  # the sdgan renderer's identity guard, when on
     if guard is not None:
         stats.update({f"guard_{name}": count for name, count in guard.counts.items()})
-    reused = getattr(anonymizer.renderer, "reused_faces", 0)  # generated faces served again, unchanged inputs
+    reused = getattr(anonymizer.renderer, "reused_faces", 0) - reused_before  # generated faces served again
     if reused:
         stats["generator_reused_faces"] = reused
     return JobReport(

@@ -192,3 +192,23 @@ def test_a_face_whose_inputs_did_not_change_is_reused_exactly_and_a_change_is_ge
     frame(image, track=None)
     frame(image, track=None)  # untracked faces have no yesterday
     assert spy.faces == 5
+
+
+class _CountingCover(CoverRenderer):
+    """A cover that says it served every face again, to check the job's bookkeeping of reuse."""
+
+    reused_faces = 0
+
+    def render(self, image, faces, prepared=None):
+        self.reused_faces += len(faces)
+        return super().render(image, faces, prepared)
+
+
+def test_each_job_reports_its_own_reused_faces_when_a_renderer_serves_several(face_clip, tmp_path) -> None:
+    from sdgan_stream import anonymize_video
+
+    renderer = _CountingCover()
+    reports = [anonymize_video(face_clip.path, tmp_path / f"out{i}.mp4", renderer=renderer, method="blur") for i in range(2)]
+    served = [sum(n for key, n in r.stats.items() if key.startswith("faces_")) for r in reports]
+    assert served[0] > 0
+    assert [r.stats["generator_reused_faces"] for r in reports] == served  # per job, not cumulative
