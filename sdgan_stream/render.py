@@ -156,7 +156,7 @@ class SdganRenderer:
         self._regions: dict[int, np.ndarray] = {}  # track id -> replaced-region memory (crop space), last frame's tracks
         self._held: dict[int, PreparedFace] = {}  # track id -> last frame's steadied face; see _held_inputs
         # (track id, identity seed) -> (context input, map, raw output) of last frame's generated faces, and
-        # this frame's so far: identical inputs are served without a generator call (see generate_crops).
+        # this frame's so far: identical inputs are served without a generator call (see _generate).
         self._generated: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, Any]] = {}
         self._generated_now: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, Any]] = {}
         self.reused_faces = 0  # faces served from _generated (for the job's stats and benchmarks)
@@ -599,13 +599,15 @@ class SdganRenderer:
         track id for the next frame.
 
         - The map: the crop landmarks, map and region of its last frame while none of its 68 crop landmarks
-          moved more than ``map_hold`` of the crop side from them (:data:`DEFAULT_MAP_HOLD`).
+          moved more than ``map_hold`` of the crop side from them (:data:`DEFAULT_MAP_HOLD`). The held
+          region's edge is then within that 1 px of this frame's, inside the region's own margin around the
+          face (``REGION_DILATION``, ~5 px at 128), so no edge of the face comes out.
         - The context (the crop around the replaced region): last frame's pixels where the original crop
           changed less than ``change_gate`` levels there (the same gate as the output smoothing): codec noise
           does not reach the generator, a moving background or hand does.
 
         Faces given the same inputs get the same generated face, reused without a generator call
-        (:meth:`generate_crops`)."""
+        (:meth:`_generate`)."""
         if prepared.face.track_id is None:
             return prepared
         key = int(prepared.face.track_id)
