@@ -445,6 +445,10 @@ def live_detector_threads(parallel: bool = True) -> int:
     Parallel: the analysis thread is the detector's alone and the slower stage, so it gets every core (up
     to 4): through a real RTSP server at 640x360 and the defaults, 2 threads published 22.6 fps (90% of the
     input reached the viewer) where 1 thread published 17.5 (``benchmarks/results/rtsp_threads_{1,2}.json``).
+    With ``--method sdgan`` on the CPU the renderer is the slower stage, yet the file jobs' split (half the cores
+    for the detector, ``api.detector_threads``) did not help live: 1 thread published 7.97 / 7.30 fps, 2 threads
+    8.18 / 7.23 with a lower p95 latency (604-608 vs 711-796 ms), 640x360, 2 faces
+    (``benchmarks/results/rtsp_sdgan_detector_threads.json``); live drops stale frames instead of queueing them.
     """
     cores = os.cpu_count() or 2
     return max(1, min(4, cores if parallel else cores // 2))
