@@ -82,6 +82,13 @@ DEFAULT_CHANGE_GATE = 8.0
 DEFAULT_MAP_HOLD = 1.0 / 128
 
 
+def crop_change(before: np.ndarray, now: np.ndarray) -> np.ndarray:
+    """(S, S) float32: mean RGB change between two aligned (S, S, 3) crops, blurred over ``CHANGE_BLUR`` of the
+    side so codec noise and a pixel of residual misalignment do not count (the change gate's measure)."""
+    change = np.abs(now.astype(np.float32) - before.astype(np.float32)).mean(-1)
+    return cv2.GaussianBlur(change, (0, 0), CHANGE_BLUR * now.shape[0])
+
+
 def centre_coverage(prepared: PreparedFace) -> float:
     """Fraction of the centre of the face's box that lies inside the region the generator replaces."""
     x1, y1, x2, y2 = (float(v) for v in prepared.face.box)
@@ -448,11 +455,13 @@ class SdganRenderer:
         contexts = [masked_input(p) for p in faces]
         rows: list[np.ndarray | None] = [None] * len(faces)
         for index, (prepared, context) in enumerate(zip(faces, contexts)):
-            key = _smoothing_key(prepared) if prepared.face.track_id is not None else None
-            known = self._generated_now.get(key) or self._generated.get(key) if key is not None else None
+            if prepared.face.track_id is None:
+                continue
+            key = _smoothing_key(prepared)
+            known = self._generated_now.get(key) or self._generated.get(key)
             if known is not None and np.array_equal(known[0], context) and np.array_equal(known[1], prepared.labels):
                 rows[index] = known[2]
-                self._generated_now[key] = known  # type: ignore[index]
+                self._generated_now[key] = known
                 self.reused_faces += 1
         missing = [i for i, row in enumerate(rows) if row is None]
         if missing:
@@ -518,9 +527,7 @@ class SdganRenderer:
         known = self._shares_this_frame.get(key)
         if known is not None:
             return known[2]
-        change = np.abs(crop.astype(np.float32) - crop_before.astype(np.float32)).mean(-1)
-        change = cv2.GaussianBlur(change, (0, 0), CHANGE_BLUR * crop.shape[0])
-        share = np.clip(change / self.change_gate, least, 1.0)[None]
+        share = np.clip(crop_change(crop_before, crop) / self.change_gate, least, 1.0)[None]
         self._shares_this_frame[key] = (crop_before, crop, share)
         return share
 
@@ -622,9 +629,8 @@ class SdganRenderer:
                                          landmarks68_crop=last.landmarks68_crop)
         before = last.context if last.context is not None else last.crop
         if self.change_gate > 0 and prepared.crop is not None and before is not None and before.shape == prepared.crop.shape:
-            change = np.abs(prepared.crop.astype(np.float32) - before.astype(np.float32)).mean(-1)
-            change = cv2.GaussianBlur(change, (0, 0), CHANGE_BLUR * prepared.size)
-            steady = dataclasses.replace(steady, context=np.where((change >= self.change_gate)[..., None], prepared.crop, before))
+            changed = crop_change(before, prepared.crop) >= self.change_gate
+            steady = dataclasses.replace(steady, context=np.where(changed[..., None], prepared.crop, before))
         held[key] = steady
         return steady
 
