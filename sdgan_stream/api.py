@@ -87,6 +87,13 @@ def detector_threads(options: AnonymizeOptions) -> int:
     return max(1, physical_cores() // 2) if resolve_device(options.device) == "cpu" else 0
 
 
+def _generator_counts(renderer: object) -> dict[str, int]:
+    """Running counts of the generator's saved work: faces served again whole (inputs unchanged) and faces
+    whose map's half of the network came from the backend's cache (``generator_cached_maps``)."""
+    return {"generator_reused_faces": getattr(renderer, "reused_faces", 0),
+            "generator_cached_maps": getattr(getattr(renderer, "backend", None), "map_cache_hits", 0)}
+
+
 def build_renderer(options: AnonymizeOptions) -> FaceRenderer:
     if options.method == "sdgan":
         from .render import SdganRenderer  # heavy imports (torch) only when the generator is used
@@ -186,7 +193,7 @@ def anonymize_video(
         info = source.info
         owned_renderer = renderer is None
         renderer = renderer or build_renderer(options)
-        reused_before = getattr(renderer, "reused_faces", 0)  # a renderer handed in may have served other videos
+        counts_before = _generator_counts(renderer)  # a renderer handed in may have served other videos
         try:
             anonymizer = build_anonymizer(options, info, detector=detector, renderer=renderer)
             audio_from = src if (options.audio and source.has_audio and segment is None) else None
@@ -218,9 +225,9 @@ def anonymize_video(
     guard = getattr(anonymizer.renderer, "guard", None)  # the sdgan renderer's identity guard, when on
     if guard is not None:
         stats.update({f"guard_{name}": count for name, count in guard.counts.items()})
-    reused = getattr(anonymizer.renderer, "reused_faces", 0) - reused_before  # generated faces served again
-    if reused:
-        stats["generator_reused_faces"] = reused
+    for name, count in _generator_counts(anonymizer.renderer).items():
+        if count - counts_before.get(name, 0):
+            stats[name] = count - counts_before.get(name, 0)
     return JobReport(
         input=src,
         output=dst,

@@ -131,6 +131,8 @@ def _anonymize_one(src: Path, dst: Path | None, options: AnonymizeOptions, *, pr
         summary += f", identity guard {guard}"
     if report.stats.get("generator_reused_faces"):
         summary += f", {report.stats['generator_reused_faces']} generated faces reused (inputs unchanged)"
+    if report.stats.get("generator_cached_maps"):
+        summary += f", {report.stats['generator_cached_maps']} held maps' modulations reused"
     if report.corrupt_packets:
         summary += f", {report.corrupt_packets} corrupt packets skipped"
     if report.interrupted:

@@ -213,8 +213,36 @@ def test_onnx_export_is_cached_by_weights(tiny, cache, reference) -> None:
     other = build_generator(config).eval()  # different random weights -> a different entry
     assert cached_onnx_model(other, config, cache=cache) != first
     assert len(cache.entries("onnx")) == 2
-    backend = create_backend("onnxruntime", generator, config, device="cpu", cache=cache)
-    assert backend.model_path == first
+    backend = create_backend("onnxruntime", generator, config, device="cpu", cache=cache, map_cache=0)
+    assert backend.model_path == first  # one graph
+    for _ in range(2):  # on CPU the generator runs as two parts (map, modulated): exported once, then cached
+        create_backend("onnxruntime", generator, config, device="cpu", cache=cache)
+        assert len(cache.entries("onnx")) == 4
+
+
+def test_onnx_map_cache_gives_the_whole_graphs_output(tiny, cache) -> None:
+    """Faces that share a map key (a held map) share the map's half of the network, within a call and across
+    calls, and get what the one-graph run gives them; the cache keeps only ``map_cache`` maps."""
+    generator, config = tiny
+    whole = create_backend("onnxruntime", generator, config, device="cpu", cache=cache, map_cache=0)
+    split = create_backend("onnxruntime", generator, config, device="cpu", cache=cache, map_cache=2)
+    assert split.caches_maps and not whole.caches_maps
+    masked, semantic, identity = make_inputs(config, 3)
+    semantic[2] = semantic[0]  # faces 0 and 2: one map (two identities, two contexts)
+    expected = whole.generate(masked, semantic, identity)
+    np.testing.assert_allclose(split.generate(masked, semantic, identity), expected, atol=1e-5)  # no keys: no cache
+    assert split.map_cache_hits == 0 and not split._map_cache
+    keys = ["a", "b", "a"]
+    np.testing.assert_allclose(split.generate(masked, semantic, identity, map_keys=keys), expected, atol=1e-5)
+    assert split.map_cache_hits == 1  # face 2 took face 0's
+    again = split.generate(masked[::-1].copy(), semantic[::-1].copy(), identity[::-1].copy(), map_keys=keys[::-1])
+    np.testing.assert_allclose(again, expected[::-1], atol=1e-5)
+    assert split.map_cache_hits == 4
+    other = make_inputs(config, 1, seed=5)
+    np.testing.assert_allclose(split.generate(*other, map_keys=["c"]), whole.generate(*other), atol=1e-5)
+    assert list(split._map_cache) == ["a", "c"]  # "b", the least recently used, made room
+    with pytest.raises(ValueError, match="map_keys"):
+        split.generate(masked, semantic, identity, map_keys=["a"])
 
 
 def test_cache_ignores_an_entry_whose_manifest_does_not_match(tmp_path) -> None:

@@ -166,6 +166,24 @@ def test_a_still_face_with_jittering_landmarks_gets_one_map(real_renderer: Sdgan
     assert np.array_equal(first, second) == (hold > 0)
 
 
+@pytest.mark.parametrize("hold", [DEFAULT_MAP_HOLD, 0.0])
+def test_a_held_map_skips_the_maps_half_of_the_onnxruntime_generator(hold: float) -> None:
+    """The jittering face above through onnxruntime: the held map's modulations come from the backend's
+    cache on the second frame; without the hold the map changed, so they are computed again."""
+    from sdgan_stream.config import AnonymizeOptions
+
+    from .test_sdgan_pipeline import _face_on_canvas
+
+    renderer = SdganRenderer.from_options(AnonymizeOptions(backend="onnxruntime", device="cpu", identity_guard=False))
+    renderer.map_hold = hold
+    assert renderer.backend.caches_maps
+    image, box, landmarks = _face_on_canvas()
+    jitter = np.array([[0.8, -0.6], [-0.7, 0.5], [0.6, 0.7], [-0.5, -0.8], [0.7, 0.6]], np.float32)
+    for points in (landmarks, landmarks + jitter):
+        renderer.render(image.copy(), [Face(box=box, score=0.9, landmarks=points, track_id=1, identity_seed=4)])
+    assert (renderer.reused_faces, renderer.backend.map_cache_hits) == (0, 1 if hold > 0 else 0)
+
+
 def test_a_face_whose_inputs_did_not_change_is_reused_exactly_and_a_change_is_generated(real_renderer: SdganRenderer) -> None:
     from .test_sdgan_pipeline import _face_on_canvas
 

@@ -125,6 +125,23 @@ class SDGANGenerator(nn.Module):
         self.to_rgb = nn.Conv2d(c.channels(0), 3, 3, padding=1)
 
     def forward(self, masked: Tensor, semantic: Tensor, identity: Tensor) -> Tensor:
+        return self.forward_modulated(masked, semantic, identity, self.modulations(semantic))
+
+    def block_sizes(self) -> list[int]:
+        """Side of the feature maps at each SPADE block, in :meth:`modulations`' order (bottleneck first)."""
+        c = self.config
+        return [c.image_size // 2**c.n_down, *(c.image_size // 2**i for i in reversed(range(c.n_down)))]
+
+    def modulations(self, semantic: Tensor) -> list[Tensor]:
+        """Every SPADE's (gamma, beta) maps, 4 per block, bottleneck first: what the generator computes from
+        the semantic map alone, about half its multiply-adds. A face whose map repeats from frame to frame
+        (the renderer holds it while the landmarks stay within a pixel) needs them once; see
+        :meth:`forward_modulated` and the onnxruntime backend's map cache."""
+        blocks = [self.bottleneck, *self.ups]
+        return [m for block, side in zip(blocks, self.block_sizes()) for m in block.modulations(semantic, (side, side))]
+
+    def forward_modulated(self, masked: Tensor, semantic: Tensor, identity: Tensor, modulations: list[Tensor]) -> Tensor:
+        """:meth:`forward` with the map's modulations given (``modulations(semantic)``); the same result."""
         # The hole is where the caller blanked the face: all channels exactly 0 (see module docstring).
         # A caller that blanked to black (-1) is tolerated: such pixels count as hole too and are zeroed,
         # so the network always sees the convention it was trained on.
@@ -139,10 +156,11 @@ class SDGANGenerator(nn.Module):
         id_map = self.identity_to_map(identity)[:, :, None, None] + torch.zeros_like(x[:, :1])
         x = self.fuse(torch.cat([x, id_map], dim=1))
         style = self.mapping(identity) if self.mapping is not None else None
-        x = self.bottleneck(x, semantic, style)
-        for merge, block, skip in zip(self.merges, self.ups, reversed(skips[:-1])):
+        per_block = [tuple(modulations[i : i + 4]) for i in range(0, len(modulations), 4)]
+        x = self.bottleneck.forward_modulated(x, per_block[0], style)
+        for merge, block, skip, mods in zip(self.merges, self.ups, reversed(skips[:-1]), per_block[1:]):
             x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-            x = block(merge(torch.cat([x, skip], dim=1)), semantic, style)
+            x = block.forward_modulated(merge(torch.cat([x, skip], dim=1)), mods, style)
         return torch.tanh(self.to_rgb(F.leaky_relu(x, 0.2)))
 
 

@@ -39,9 +39,16 @@ class SPADE(nn.Module):
             nn.init.zeros_(self.style.bias)
 
     def forward(self, x: Tensor, semantic: Tensor, style: Tensor | None = None) -> Tensor:
-        seg = resize_map(semantic, (x.shape[2], x.shape[3]))
-        hidden = self.shared(seg)
-        out = self.norm(x) * (1 + self.gamma(hidden)) + self.beta(hidden)
+        return self.modulate(x, *self.modulation(semantic, (x.shape[2], x.shape[3])), style)
+
+    def modulation(self, semantic: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """(gamma, beta) at ``size``: they depend on the map alone (about half the generator's work), so a
+        caller whose map repeats can compute them once (see :meth:`SDGANGenerator.modulations`)."""
+        hidden = self.shared(resize_map(semantic, size))
+        return self.gamma(hidden), self.beta(hidden)
+
+    def modulate(self, x: Tensor, gamma: Tensor, beta: Tensor, style: Tensor | None = None) -> Tensor:
+        out = self.norm(x) * (1 + gamma) + beta
         if self.style is not None and style is not None:
             gain, bias = self.style(style).chunk(2, dim=1)
             out = out * (1 + gain[:, :, None, None]) + bias[:, :, None, None]
@@ -64,9 +71,17 @@ class SPADEResBlock(nn.Module):
             self.conv_s = nn.Conv2d(in_nc, out_nc, 1, bias=False)
 
     def forward(self, x: Tensor, semantic: Tensor, style: Tensor | None = None) -> Tensor:
+        return self.forward_modulated(x, self.modulations(semantic, (x.shape[2], x.shape[3])), style)
+
+    def modulations(self, semantic: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Both SPADEs' (gamma, beta) at ``size``, from the map alone."""
+        return (*self.norm_0.modulation(semantic, size), *self.norm_1.modulation(semantic, size))
+
+    def forward_modulated(self, x: Tensor, modulations: tuple[Tensor, ...], style: Tensor | None = None) -> Tensor:
+        gamma_0, beta_0, gamma_1, beta_1 = modulations
         shortcut = self.conv_s(x) if self.learned_shortcut else x
-        dx = self.conv_0(F.leaky_relu(self.norm_0(x, semantic, style), 0.2))
-        dx = self.conv_1(F.leaky_relu(self.norm_1(dx, semantic, style), 0.2))
+        dx = self.conv_0(F.leaky_relu(self.norm_0.modulate(x, gamma_0, beta_0, style), 0.2))
+        dx = self.conv_1(F.leaky_relu(self.norm_1.modulate(dx, gamma_1, beta_1, style), 0.2))
         return shortcut + dx
 
 
