@@ -7,7 +7,8 @@ CPU time from ``/proc/self/task`` (Linux) from the job's first frame to its end;
 onnxruntime session, ``sdgan-encode`` / ``sdgan-decode``); threads started by native libraries keep their
 process name (x264's encoder threads read ``python``).
 
-Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_threads.py --method sdgan [--serial] [--out FILE]``
+Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_threads.py --method sdgan [--serial] [--set NAME=VALUE ...] [--out FILE]``
+(``--set`` gives any other job option, e.g. ``--set whole_frame_every=1``; values are read as JSON, else as text).
 """
 
 from __future__ import annotations
@@ -61,14 +62,24 @@ class ThreadClock:
             self.sample()
 
 
+def _option(text: str) -> tuple[str, object]:
+    name, _, value = text.partition("=")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clip", type=Path, help="a video to run on (default: the parallel benchmark's clip)")
     parser.add_argument("--frames", type=int, default=200)
     parser.add_argument("--method", default="sdgan")
     parser.add_argument("--serial", action="store_true", help="the serial pipeline (default: parallel)")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="another job option (repeatable)")
     parser.add_argument("--out", type=Path, help="write the result as JSON here too")
     args = parser.parse_args(argv)
+    options = dict(_option(text) for text in args.set)
 
     from sdgan_stream import anonymize_video
     from sdgan_stream.samples import make_face_clip
@@ -81,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         def on_start(_info: object) -> None:  # models are loaded: count from here
             start.update(cpu=sum(os.times()[:2]), wall=time.perf_counter(), threads=clock.sample())
 
-        report = anonymize_video(clip, Path(tmp) / "out.mp4", method=args.method, parallel=not args.serial, on_start=on_start)
+        report = anonymize_video(clip, Path(tmp) / "out.mp4", method=args.method, parallel=not args.serial, on_start=on_start,
+                                 **options)
         clock.stop()
     cpu = sum(os.times()[:2]) - float(start["cpu"])  # type: ignore[arg-type]
     wall = time.perf_counter() - float(start["wall"])  # type: ignore[arg-type]
@@ -93,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "method": args.method,
         "pipeline": "serial" if args.serial else "parallel",
+        "options": options,
         "frames": report.frames,
         "fps": round(report.fps, 3),
         "cpu_ms_per_frame": round(1000 * cpu / frames, 1),

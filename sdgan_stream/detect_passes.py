@@ -21,6 +21,12 @@ to frame pixels and merged:
   frame, in that view, inside a crop around its last box (a few face widths: cheap), until it has been
   missed ``FOLLOW_MISSES`` frames in a row. So a turned face stays detected on every frame while only
   the discovery of new ones waits for the schedule.
+- **the whole frame every ``whole_every`` frames** (1: every frame, the default): between two whole-frame
+  looks, the upright passes are crops around the faces the last frame's upright passes found, like a
+  turned face's follow pass. A crop keeps only the face it follows (a box overlapping that face's last
+  one by ``AROUND_MIN_IOU``): cut out of its surroundings, a crop's edges give the network small false
+  faces, and a new face waits for the next whole look anyway. Files use 2, with the look-back covering
+  the frame a new face came late by; live sources, which have no look-back, keep 1.
 
 Detections of one face from several passes are merged into one with the union of their boxes (a box
 from an upright pass on a turned face has the wrong shape; the union contains the face either way).
@@ -58,8 +64,12 @@ FOLLOW_CONTEXT = 2.0  # a follow pass looks at a square this many face sizes wid
 # When the crops of one turn add up to more than this share of the frame, one full pass at that turn is
 # cheaper than the crops (and sees everything they would).
 FOLLOW_FULL_SHARE = 0.5
+# Between whole-frame looks, a crop's detection is its face when its box overlaps the face's last box by this
+# (IoU): a face moving half its width in a frame still does. On the 720p benchmark clip the crops' edges
+# gave 10-25 px false faces scoring 0.10-0.23 on about half the frames; none overlapped a face.
+AROUND_MIN_IOU = 0.2
 
-__all__ = ["TURNED_MIN_SCORE", "DetectorPass", "FaceDetector", "MultiPassDetector", "merge_detections", "plan_main_passes", "view_of"]
+__all__ = ["AROUND_MIN_IOU", "TURNED_MIN_SCORE", "DetectorPass", "FaceDetector", "MultiPassDetector", "merge_detections", "plan_main_passes", "view_of"]
 
 
 class FaceDetector(Protocol):
@@ -243,6 +253,11 @@ class MultiPassDetector:
         rotation_every: frames between two scheduled turns (discovery; a face found turned is then
             followed on every frame in a crop, see the module docstring); 0 = no turns.
         turned_min_score: least score of a detection from a turned view (see :data:`TURNED_MIN_SCORE`).
+        whole_every: frames between two looks at the whole frame upright; between them, crops around the
+            faces found upright on the frame before (module docstring). 1 = every frame.
+        around_min_score: least score of a face followed in a crop between whole looks. The tracker's
+            display threshold: weaker finds (which only keep tracks alive) wait for the next whole look,
+            as a small view made one of them a confident false face on the benchmark clip.
     """
 
     def __init__(
@@ -255,6 +270,8 @@ class MultiPassDetector:
         rotations: Sequence[int] = (90, 180, 270),
         rotation_every: int = 1,
         turned_min_score: float = TURNED_MIN_SCORE,
+        whole_every: int = 1,
+        around_min_score: float = 0.0,
     ) -> None:
         if any(r % 90 or not 0 < r < 360 for r in rotations):
             raise ValueError(f"rotations must be among 90, 180, 270, got {tuple(rotations)}")
@@ -262,6 +279,8 @@ class MultiPassDetector:
             raise ValueError(f"border must be in [0, 0.5], got {border}")
         if rotation_every < 0:
             raise ValueError(f"rotation_every must be >= 0, got {rotation_every}")
+        if whole_every < 1:
+            raise ValueError(f"whole_every must be >= 1, got {whole_every}")
         for name, size in (("detect size", detect_size), ("tile size", tile_size)):
             if size is not None and min(size) < 32:
                 raise ValueError(f"{name} must be at least 32x32, got {size[0]}x{size[1]}")
@@ -272,14 +291,19 @@ class MultiPassDetector:
         self.rotations = tuple(rotations)
         self.rotation_every = rotation_every if self.rotations else 0
         self.turned_min_score = turned_min_score
+        self.whole_every = whole_every
+        self.around_min_score = around_min_score
         self._frame = 0
         self._plans: dict[tuple[int, int], list[DetectorPass]] = {}
         self._followed: list[_Followed] = []
+        self._upright: np.ndarray = np.zeros((0, 4))  # boxes the last frame's upright passes found
+        self._around: dict[DetectorPass, list[np.ndarray]] = {}  # this frame's crops -> the boxes they follow
         scale = "at full resolution" if detect_size is None else f"shrunk into {detect_size[0]}x{detect_size[1]}"
         tiles = "never tiled" if tile_size is None else f"tiled above {tile_size[0]}x{tile_size[1]}"
         turns = (f"a quarter turn every {self.rotation_every} frame(s), turned faces followed" if self.rotation_every
                  else "no turns")
-        log.info("detector passes: frames %s, %s, border pad %g, %s", scale, tiles, border, turns)
+        whole = "the whole frame every frame" if whole_every == 1 else f"the whole frame every {whole_every} frames, crops around faces between"
+        log.info("detector passes: frames %s, %s, border pad %g, %s, %s", scale, tiles, border, turns, whole)
 
     @property
     def threshold(self) -> float:
@@ -289,6 +313,7 @@ class MultiPassDetector:
         """Start the rotation schedule again and forget followed faces (a new stream)."""
         self._frame = 0
         self._followed = []
+        self._upright = np.zeros((0, 4))
 
     def passes_for(self, width: int, height: int, frame: int) -> list[DetectorPass]:
         """Every pass run on frame number ``frame`` of this size."""
@@ -296,11 +321,25 @@ class MultiPassDetector:
         if plan is None:
             plan = plan_main_passes(width, height, detect_size=self.detect_size, tile_size=self.tile_size, border=self.border)
             self._plans[(width, height)] = plan
-        passes = list(plan)
+        passes = list(plan) if frame % self.whole_every == 0 else self._around_upright_faces(width, height, plan)
         if self.rotation_every and frame % self.rotation_every == 0:
             rotation = self.rotations[(frame // self.rotation_every) % len(self.rotations)]
             passes += [p.with_rotation(rotation) for p in plan]
         return passes
+
+    def _around_upright_faces(self, width: int, height: int, plan: list[DetectorPass]) -> list[DetectorPass]:
+        """Upright passes between two whole-frame looks: a crop around each face found upright last frame
+        (:data:`FOLLOW_CONTEXT` face sizes wide), or the whole plan when the crops would cover more of the
+        frame than :data:`FOLLOW_FULL_SHARE`; nothing when no face was found."""
+        main = plan[-1]
+        self._around = {}
+        for box in self._upright:
+            spec = DetectorPass(_Followed(box, 0).region(width, height), main.scale, main.pad)
+            self._around.setdefault(spec, []).append(box)
+        if sum((x2 - x1) * (y2 - y1) for x1, y1, x2, y2 in (spec.region for spec in self._around)) > FOLLOW_FULL_SHARE * width * height:
+            self._around = {}
+            return list(plan)
+        return list(self._around)
 
     def follow_passes(self, width: int, height: int, scheduled: Sequence[DetectorPass] = ()) -> list[DetectorPass]:
         """The follow passes of the next frame (module docstring): per turn, a crop around each face
@@ -326,6 +365,7 @@ class MultiPassDetector:
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
         height, width = image.shape[:2]
+        self._around = {}
         passes = self.passes_for(width, height, self._frame)
         follows = self.follow_passes(width, height, [p for p in passes if p.rotation])
         self._frame += 1
@@ -337,8 +377,15 @@ class MultiPassDetector:
                 # A turned view offers the network new false faces (an upside-down mouth and nose), while a
                 # face that really is turned looks upright there and scores like one: keep confident ones.
                 seen = seen.select(seen.scores >= max(self.turned_min_score, self.threshold))
-            seen_by[spec] = _map_back(seen, matrix)
+            seen = _map_back(seen, matrix)
+            followed = self._around.get(spec)
+            if followed is not None and len(seen):  # a crop between whole looks: only the face it follows
+                seen = seen.select(box_iou(seen.boxes.astype(np.float64), np.asarray(followed)).max(1) >= AROUND_MIN_IOU)
+            seen_by[spec] = seen
         self._update_followed(seen_by)
+        if self.whole_every > 1:
+            upright = merge_detections(_concat([seen for spec, seen in seen_by.items() if not spec.rotation]))
+            self._upright = upright.boxes[upright.scores >= self.around_min_score].astype(np.float64)
         merged = merge_detections(_concat(list(seen_by.values())))
         return _inside(merged, width, height)
 

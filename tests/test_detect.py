@@ -518,3 +518,42 @@ def test_only_confident_detections_count_from_turned_views(margin: float, kept: 
     assert len(found) == kept
     if kept:
         assert found.boxes[0].tolist() == pytest.approx([90, 40, 110, 60])  # mapped back from the turned view
+
+
+def test_between_whole_frame_looks_a_face_is_found_in_a_crop_and_a_new_one_a_frame_late() -> None:
+    """``whole_every=2`` (files): odd frames look only around the faces found upright on the frame before,
+    so a face that appears on one is found on the next frame, which the look-back then covers back."""
+    known, newcomer = face_photos()[0].image, face_photos()[1].image
+    frames = []
+    for i in range(5):
+        frame = _canvas_with(known, (1280, 720), (60 + 6 * i, 60))  # moving
+        if i >= 1:  # appears on frame 1, far from the first face
+            h, w = newcomer.shape[:2]
+            frame[720 - h - 20 : 700, 1280 - w - 20 : 1260] = newcomer
+        frames.append(frame)
+    network = _CountingNetwork()
+    detector = MultiPassDetector(network, rotation_every=0, whole_every=2)
+    found = [len(detector.detect(frame)) for frame in frames]
+    assert found == [1, 1, 2, 2, 2]  # the newcomer a frame late; both followed on frame 3
+    full = 1280 * 720
+    assert network.pixels[0] == network.pixels[2] == full and network.pixels[1] < full / 2
+    assert len(network.pixels) == 6 and max(network.pixels[3:5]) < full / 2 and network.pixels[5] == full  # frame 3: a crop per face
+    every = MultiPassDetector(_CountingNetwork(), rotation_every=0)  # the default: the whole frame on every frame
+    assert [len(every.detect(frame)) for frame in frames[:2]] == [1, 2]
+    with pytest.raises(ValueError, match="whole_every"):
+        MultiPassDetector(network, whole_every=0)
+
+
+@pytest.mark.parametrize(("live", "lookback", "track", "expected"), [(False, 0.5, True, 2), (True, 0.5, True, 1),
+                                                                     (False, 0.0, True, 1), (False, 0.5, False, 1)])
+def test_only_jobs_whose_look_back_covers_a_late_find_search_the_whole_frame_less_often(live, lookback, track, expected) -> None:
+    from fractions import Fraction
+
+    from sdgan_stream.anonymize import CoverRenderer
+    from sdgan_stream.api import build_anonymizer
+    from sdgan_stream.types import VideoInfo
+
+    options = AnonymizeOptions(lookback_seconds=lookback, track=track)
+    info = VideoInfo(width=320, height=240, time_base=Fraction(1, 25), average_rate=Fraction(25))
+    anonymizer = build_anonymizer(options, info, live=live, renderer=CoverRenderer())
+    assert anonymizer.detector.whole_every == expected

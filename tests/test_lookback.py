@@ -214,3 +214,34 @@ def test_inside_the_frame_anonymizer() -> None:
     assert [frame.index for frame in out] == list(range(12))
     visible = [int((frame.image[..., 0] == 255).sum()) for frame in out]
     assert visible[0] == 900 and visible[1:] == [0] * 11  # frame 0 left before the face was found
+
+
+def test_a_face_that_appears_between_two_whole_frame_looks_is_covered_from_its_first_frame() -> None:
+    """Files search the whole frame every other frame (``whole_frame_every=2``): a face that appears on a frame
+    between two whole looks is found on the next one, and the look-back covers the frame it came late by."""
+    from fractions import Fraction
+
+    from sdgan_stream.anonymize import CoverRenderer, FrameAnonymizer
+    from sdgan_stream.detect import CenterFaceDetector
+    from sdgan_stream.detect_passes import MultiPassDetector
+    from sdgan_stream.samples import face_photos
+    from sdgan_stream.types import VideoFrame
+
+    photo = face_photos()[0].image
+    h, w = photo.shape[:2]
+    detector = MultiPassDetector(CenterFaceDetector(threshold=0.1, detect_size=None), rotation_every=0, whole_every=2,
+                                 around_min_score=0.2)
+    anonymizer = FrameAnonymizer(detector=detector, renderer=CoverRenderer(method="solid", margin=0.0),  # type: ignore[arg-type]
+                                 tracker=FaceTracker(fps=25, seed=0), lookback=LookbackBuffer(max_frames=4))
+    frames, out = [], []
+    for t in range(8):
+        image = np.full((480, 640, 3), 110, np.uint8)
+        if t >= 1:  # appears on frame 1, between the whole looks of frames 0 and 2
+            image[100 : 100 + h, 200 + 4 * t : 200 + 4 * t + w] = photo
+        frames.append(image.copy())
+        out += anonymizer.push(VideoFrame(image=image, index=t, pts=t, time_base=Fraction(1, 25)))
+    out += anonymizer.flush()
+    assert [frame.index for frame in out] == list(range(8))
+    for t in range(1, 8):
+        face = (slice(100 + h // 3, 100 + 2 * h // 3), slice(200 + 4 * t + w // 3, 200 + 4 * t + 2 * w // 3))
+        assert (out[t].image[face] == 0).mean() > 0.9, t  # the middle of the face is under the cover
