@@ -25,7 +25,9 @@ sys.path.insert(0, str(ROOT))
 
 # deface's own detection settings (CenterFace at full resolution, threshold 0.2, no extra passes): the
 # speed comparison at equal recall (benchmarks/bench_recall.py, "ours@deface").
-DEFACE_SETTINGS = dict(threshold=0.2, low_threshold=0.1, detect_size=None, tile_size=None, border=0.0, rotation_every=0)
+# deface's own settings: its threshold, the whole frame at full resolution on every frame, no extra passes.
+DEFACE_SETTINGS = dict(threshold=0.2, low_threshold=0.1, detect_size=None, tile_size=None, border=0.0, rotation_every=0,
+                       whole_frame_every=1)
 CONFIGS: dict[str, dict[str, object]] = {
     "blur": {"method": "blur"},  # the defaults
     "blur_deface_settings": {"method": "blur", **DEFACE_SETTINGS},

@@ -66,6 +66,14 @@ def build_detector(options: AnonymizeOptions, *, intra_op_threads: int = 0, whol
                              rotation_every=options.rotation_every, whole_every=whole_frame_every, around_min_score=options.threshold)
 
 
+def whole_frame_every(options: AnonymizeOptions) -> int:
+    """Frames between two whole-frame looks for a file job: the option, or by method when it is None (2 for
+    covers, 1 for sdgan; see ``AnonymizeOptions.whole_frame_every``)."""
+    if options.whole_frame_every is not None:
+        return options.whole_frame_every
+    return 1 if options.method == "sdgan" else 2
+
+
 def detector_precision(options: AnonymizeOptions) -> str:
     """CenterFace's precision for this job: ``auto`` is int8 when the detector runs on the CPU provider."""
     if options.detector_precision != "auto":
@@ -139,7 +147,8 @@ def build_anonymizer(
         frames_back = 0 if live else round(options.lookback_seconds * info.fps)
         lookback = LookbackBuffer(max_frames=frames_back) if frames_back > 0 else None
     # A face found late is covered in the frames before only by the look-back, which must reach them.
-    whole_every = options.whole_frame_every if lookback is not None and lookback.max_frames >= options.whole_frame_every else 1
+    whole_every = whole_frame_every(options)
+    whole_every = whole_every if lookback is not None and lookback.max_frames >= whole_every else 1
     detector = detector or build_detector(options, intra_op_threads=detector_threads(options), whole_frame_every=whole_every)
     return FrameAnonymizer(
         detector=detector,

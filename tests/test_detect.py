@@ -544,16 +544,21 @@ def test_between_whole_frame_looks_a_face_is_found_in_a_crop_and_a_new_one_a_fra
         MultiPassDetector(network, whole_every=0)
 
 
-@pytest.mark.parametrize(("live", "lookback", "track", "expected"), [(False, 0.5, True, 2), (True, 0.5, True, 1),
-                                                                     (False, 0.0, True, 1), (False, 0.5, False, 1)])
-def test_only_jobs_whose_look_back_covers_a_late_find_search_the_whole_frame_less_often(live, lookback, track, expected) -> None:
+@pytest.mark.parametrize(("live", "lookback", "track", "method", "every", "expected"), [
+    (False, 0.5, True, "blur", None, 2), (True, 0.5, True, "blur", None, 1), (False, 0.0, True, "blur", None, 1),
+    (False, 0.5, False, "blur", None, 1), (False, 0.5, True, "sdgan", None, 1), (False, 0.5, True, "sdgan", 3, 3),
+    (False, 0.5, True, "blur", 1, 1), (True, 0.5, True, "blur", 3, 1)])
+def test_only_jobs_whose_look_back_covers_a_late_find_search_the_whole_frame_less_often(live, lookback, track, method, every,
+                                                                                         expected) -> None:
+    """By default covers look at the whole frame every other frame and sdgan on every frame; a live source, or a
+    job without the look-back, always on every frame."""
     from fractions import Fraction
 
     from sdgan_stream.anonymize import CoverRenderer
     from sdgan_stream.api import build_anonymizer
     from sdgan_stream.types import VideoInfo
 
-    options = AnonymizeOptions(lookback_seconds=lookback, track=track)
+    options = AnonymizeOptions(lookback_seconds=lookback, track=track, method=method, whole_frame_every=every)
     info = VideoInfo(width=320, height=240, time_base=Fraction(1, 25), average_rate=Fraction(25))
     anonymizer = build_anonymizer(options, info, live=live, renderer=CoverRenderer())
     assert anonymizer.detector.whole_every == expected
