@@ -47,9 +47,9 @@ class JobReport:
     stats: dict[str, int] = field(default_factory=dict)
 
 
-def build_detector(options: AnonymizeOptions, *, intra_op_threads: int = 0, whole_frame_every: int = 1) -> MultiPassDetector:
-    """The job's detector: CenterFace (or SCRFD with ``detector_model``) run as the passes the options ask for;
-    ``whole_frame_every`` > 1 only where a look-back covers the frames a new face is found late by."""
+def build_detector(options: AnonymizeOptions, *, intra_op_threads: int = 0, live: bool = False) -> MultiPassDetector:
+    """The job's detector: CenterFace (or SCRFD with ``detector_model``) run as the passes the options ask for.
+    A live source's looks at the whole frame on every frame (it has no look-back to cover a late find)."""
     # With tracking, the detector reports weak faces too; the tracker shows only confident ones and
     # uses the weak ones to keep existing tracks alive (blur, partial occlusion).
     threshold = options.low_threshold if options.track else options.threshold
@@ -63,12 +63,15 @@ def build_detector(options: AnonymizeOptions, *, intra_op_threads: int = 0, whol
         network = CenterFaceDetector(threshold=threshold, detect_size=None, provider=options.detector_provider,
                                      intra_op_threads=intra_op_threads, precision=detector_precision(options))
     return MultiPassDetector(network, detect_size=options.detect_size, tile_size=options.tile_size, border=options.border,
-                             rotation_every=options.rotation_every, whole_every=whole_frame_every, around_min_score=options.threshold)
+                             rotation_every=options.rotation_every, whole_every=1 if live else whole_frame_every(options),
+                             around_min_score=options.threshold)
 
 
 def whole_frame_every(options: AnonymizeOptions) -> int:
     """Frames between two whole-frame looks for a file job: the option, or by method when it is None (2 for
-    covers, 1 for sdgan; see ``AnonymizeOptions.whole_frame_every``)."""
+    covers, 1 for sdgan; see ``AnonymizeOptions.whole_frame_every``); 1 without tracking or look-back."""
+    if not options.track or options.lookback_seconds <= 0:
+        return 1
     if options.whole_frame_every is not None:
         return options.whole_frame_every
     return 1 if options.method == "sdgan" else 2
@@ -146,10 +149,16 @@ def build_anonymizer(
         )
         frames_back = 0 if live else round(options.lookback_seconds * info.fps)
         lookback = LookbackBuffer(max_frames=frames_back) if frames_back > 0 else None
-    # A face found late is covered in the frames before only by the look-back, which must reach them.
-    whole_every = whole_frame_every(options)
-    whole_every = whole_every if lookback is not None and lookback.max_frames >= whole_every else 1
-    detector = detector or build_detector(options, intra_op_threads=detector_threads(options), whole_frame_every=whole_every)
+    if detector is not None and hasattr(detector, "reset"):
+        detector.reset()  # one handed in may have seen another stream: its schedule and followed faces start again
+    detector = detector or build_detector(options, intra_op_threads=detector_threads(options), live=live)
+    # A face found late is covered in the frames before only by the look-back, which must reach them (a
+    # detector built for a file job handed to a live one, or a look-back shorter than a frame).
+    covered = lookback.max_frames + 1 if lookback is not None else 1
+    if getattr(detector, "whole_every", 1) > covered:
+        log.warning("the whole frame is searched on every frame: the look-back covers %d frame(s), fewer than "
+                    "whole_frame_every (%d) needs", covered - 1, detector.whole_every)  # type: ignore[union-attr]
+        detector.whole_every = 1  # type: ignore[union-attr]
     return FrameAnonymizer(
         detector=detector,
         renderer=renderer or build_renderer(options),

@@ -459,7 +459,7 @@ def _build_live_detector(options: AnonymizeOptions) -> FaceDetector:
 
     threads = live_detector_threads(options.parallel)
     log.info("live detector: %d onnxruntime thread(s)", threads)
-    return build_detector(options, intra_op_threads=threads)
+    return build_detector(options, intra_op_threads=threads, live=True)
 
 
 def _timer(stop: threading.Event, seconds: float | None) -> threading.Timer | None:

@@ -562,3 +562,35 @@ def test_only_jobs_whose_look_back_covers_a_late_find_search_the_whole_frame_les
     info = VideoInfo(width=320, height=240, time_base=Fraction(1, 25), average_rate=Fraction(25))
     anonymizer = build_anonymizer(options, info, live=live, renderer=CoverRenderer())
     assert anonymizer.detector.whole_every == expected
+
+
+def test_a_file_jobs_detector_handed_to_a_live_job_searches_every_frame() -> None:
+    from fractions import Fraction
+
+    from sdgan_stream.anonymize import CoverRenderer
+    from sdgan_stream.api import build_anonymizer, build_detector
+    from sdgan_stream.types import VideoInfo
+
+    options = AnonymizeOptions()
+    detector = build_detector(options)
+    assert detector.whole_every == 2 and build_detector(options, live=True).whole_every == 1
+    info = VideoInfo(width=320, height=240, time_base=Fraction(1, 25), average_rate=Fraction(25))
+    build_anonymizer(options, info, live=True, detector=detector, renderer=CoverRenderer())
+    assert detector.whole_every == 1  # no look-back to cover a late find
+
+
+def test_a_detector_handed_to_a_new_stream_starts_its_schedule_again() -> None:
+    """A cluster worker keeps its detector from video to video: each video starts with a whole-frame look and
+    no faces followed from the last one."""
+    from fractions import Fraction
+
+    from sdgan_stream.anonymize import CoverRenderer
+    from sdgan_stream.api import build_anonymizer, build_detector
+    from sdgan_stream.types import VideoInfo
+
+    detector = build_detector(AnonymizeOptions())
+    detector.detect(np.zeros((240, 320, 3), np.uint8))
+    detector._upright = np.array([[10.0, 10.0, 60.0, 60.0]])
+    info = VideoInfo(width=320, height=240, time_base=Fraction(1, 25), average_rate=Fraction(25))
+    build_anonymizer(AnonymizeOptions(), info, detector=detector, renderer=CoverRenderer())
+    assert detector._frame == 0 and len(detector._upright) == 0
