@@ -49,7 +49,7 @@ class JobReport:
 
 def build_detector(options: AnonymizeOptions, *, intra_op_threads: int = 0, live: bool = False) -> MultiPassDetector:
     """The job's detector: CenterFace (or SCRFD with ``detector_model``) run as the passes the options ask for.
-    A live source's looks at the whole frame on every frame (it has no look-back to cover a late find)."""
+    A live source's detector looks at the whole frame on every frame (it has no look-back to cover a late find)."""
     # With tracking, the detector reports weak faces too; the tracker shows only confident ones and
     # uses the weak ones to keep existing tracks alive (blur, partial occlusion).
     threshold = options.low_threshold if options.track else options.threshold
