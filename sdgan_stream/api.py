@@ -68,13 +68,11 @@ def build_detector(options: AnonymizeOptions, *, intra_op_threads: int = 0, live
 
 
 def whole_frame_every(options: AnonymizeOptions) -> int:
-    """Frames between two whole-frame looks for a file job: the option, or by method when it is None (2 for
-    covers, 1 for sdgan; see ``AnonymizeOptions.whole_frame_every``); 1 without tracking or look-back."""
+    """Frames between two whole-frame looks for a file job: the option, or 1 without tracking or look-back
+    (nothing would cover a face found late)."""
     if not options.track or options.lookback_seconds <= 0:
         return 1
-    if options.whole_frame_every is not None:
-        return options.whole_frame_every
-    return 1 if options.method == "sdgan" else 2
+    return options.whole_frame_every
 
 
 def detector_precision(options: AnonymizeOptions) -> str:

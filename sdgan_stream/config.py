@@ -74,11 +74,12 @@ class AnonymizeOptions:
     rotation_every: int = 4
     # Files (with tracking and look-back): the whole frame is searched every N frames, crops around the faces
     # found in between; a face that appears meanwhile is found one frame late and the look-back covers that
-    # frame. Live sources (no look-back) search the whole frame on every frame whatever this says. None = 2 for
-    # covers (blur 13% faster), 1 for sdgan: boxes from crops differ from whole-frame ones by a few pixels,
-    # and alternating between them moved the landmarks and so the generated identity (held-out clip, seeds 2
-    # and 3: identity spread 0.122 -> 0.162 and 0.078 -> 0.091), while sdgan's rate on a CPU did not change.
-    whole_frame_every: int | None = None
+    # frame. Live sources (no look-back) search every frame whatever this says. 1 by default, recall first: with 2,
+    # blur ran 13% faster, but recall's border scenes lost one face-frame of 108 (a face cut 75% by the top
+    # edge) and covers away from faces grew in the rotation scenes; for sdgan, alternating whole-frame and crop
+    # boxes moved the landmarks and so the generated identity (held-out seeds 2 / 3: spread 0.122 -> 0.162,
+    # 0.078 -> 0.091). See README, "Which faces are found".
+    whole_frame_every: int = 1
     detector_model: str | None = None  # SCRFD .onnx file or insightface model pack; None = CenterFace
     # CenterFace's weights (issue 16): int8 = the 8-bit model shipped in the package (about 2/3 of FP32's CPU
     # time, recall measured per condition: README); auto = int8 where the detector runs on the CPU, fp32 on a GPU.
@@ -123,7 +124,7 @@ class AnonymizeOptions:
             raise ValueError(f"border must be in [0, 0.5], got {self.border}")
         if self.rotation_every < 0:
             raise ValueError(f"rotation_every must be >= 0, got {self.rotation_every}")
-        if self.whole_frame_every is not None and self.whole_frame_every < 1:
+        if self.whole_frame_every < 1:
             raise ValueError(f"whole_frame_every must be >= 1, got {self.whole_frame_every}")
         if not 0 <= self.crf <= 51:
             raise ValueError(f"crf must be in 0..51, got {self.crf}")

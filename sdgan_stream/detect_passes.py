@@ -25,9 +25,9 @@ to frame pixels and merged:
   looks, the upright passes are crops around the faces the last frame's upright passes found, like a
   turned face's follow pass. A crop keeps only the face it follows (a box overlapping that face's last
   one by ``AROUND_MIN_IOU``): cut out of its surroundings, a crop's edges give the network small false
-  faces, and a new face waits for the next whole look anyway. Files covered by blur, pixelate or solid use 2,
-  with the look-back covering the frame a new face came late by; sdgan files (whose generated faces steady
-  better on whole-frame boxes) and live sources (which have no look-back) keep 1 (``api.whole_frame_every``).
+  faces, and a new face waits for the next whole look anyway. Files may use 2 (``--whole-frame-every``, off by
+  default: recall first), the look-back covering the frame a new face came late by; live sources, which have no
+  look-back, always use 1 (``api.whole_frame_every``).
 
 Detections of one face from several passes are merged into one with the union of their boxes (a box
 from an upright pass on a turned face has the wrong shape; the union contains the face either way).

@@ -217,7 +217,7 @@ def test_inside_the_frame_anonymizer() -> None:
 
 
 def test_a_face_that_appears_between_two_whole_frame_looks_is_covered_from_its_first_frame() -> None:
-    """Files search the whole frame every other frame (``whole_frame_every=2``): a face that appears on a frame
+    """With ``whole_frame_every=2`` files search the whole frame every other frame: a face that appears on a frame
     between two whole looks is found on the next one, and the look-back covers the frame it came late by."""
     from fractions import Fraction
 
