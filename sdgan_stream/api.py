@@ -245,8 +245,8 @@ def anonymize_video(
     if guard is not None:
         stats.update({f"guard_{name}": count for name, count in guard.counts.items()})
     for name, count in _generator_counts(anonymizer.renderer).items():
-        if count - counts_before.get(name, 0):
-            stats[name] = count - counts_before.get(name, 0)
+        if count > counts_before[name]:
+            stats[name] = count - counts_before[name]
     return JobReport(
         input=src,
         output=dst,

@@ -333,14 +333,14 @@ class MultiPassDetector:
         (:data:`FOLLOW_CONTEXT` face sizes wide), or the whole plan when the crops would cover more of the
         frame than :data:`FOLLOW_FULL_SHARE`; nothing when no face was found."""
         main = plan[-1]
-        self._around = {}
+        around: dict[DetectorPass, list[np.ndarray]] = {}
         for box in self._upright:
             spec = DetectorPass(_Followed(box, 0).region(width, height), main.scale, main.pad)
-            self._around.setdefault(spec, []).append(box)
-        if sum((x2 - x1) * (y2 - y1) for x1, y1, x2, y2 in (spec.region for spec in self._around)) > FOLLOW_FULL_SHARE * width * height:
-            self._around = {}
-            return list(plan)
-        return list(self._around)
+            around.setdefault(spec, []).append(box)
+        if sum((x2 - x1) * (y2 - y1) for x1, y1, x2, y2 in (spec.region for spec in around)) > FOLLOW_FULL_SHARE * width * height:
+            return list(plan)  # the whole frame: every face, no crop filter
+        self._around = around
+        return list(around)
 
     def follow_passes(self, width: int, height: int, scheduled: Sequence[DetectorPass] = ()) -> list[DetectorPass]:
         """The follow passes of the next frame (module docstring): per turn, a crop around each face
@@ -366,7 +366,7 @@ class MultiPassDetector:
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
         height, width = image.shape[:2]
-        self._around = {}
+        self._around = {}  # set by passes_for on a frame between whole looks
         passes = self.passes_for(width, height, self._frame)
         follows = self.follow_passes(width, height, [p for p in passes if p.rotation])
         self._frame += 1

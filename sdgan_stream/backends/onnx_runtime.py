@@ -103,9 +103,9 @@ class OnnxRuntimeBackend:
         started = time.perf_counter()
         # The two-part graph on CPU (see the module docstring); one graph on CUDA, where IOBinding runs it,
         # and for a model file handed in.
-        self.map_cache_size = (DEFAULT_MAP_CACHE if map_cache is None else map_cache) if self.device == "cpu" and model_path is None else 0
         if map_cache is not None and map_cache < 0:
             raise ValueError(f"map_cache must be >= 0, got {map_cache}")
+        self.map_cache_size = (DEFAULT_MAP_CACHE if map_cache is None else map_cache) if self.device == "cpu" and model_path is None else 0
         parts = ("map", "modulated") if self.map_cache_size else ("generator",)
         paths = {part: Path(model_path) if model_path is not None else
                  cached_onnx_model(generator, config, cache=cache, digest=weights_digest, part=part) for part in parts}
