@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_CHANGE_GATE", "DEFAULT_MAP_HOLD", "MIN_CENTRE_COVERAGE", "SdganRenderer", "centre_coverage", "use_device_frames"]
+__all__ = ["DEFAULT_CHANGE_GATE", "DEFAULT_CONTEXT_TOLERANCE", "DEFAULT_MAP_HOLD", "MIN_CENTRE_COVERAGE", "SdganRenderer", "centre_coverage", "use_device_frames"]
 
 FramePath = Literal["auto", "host", "device"]
 
@@ -80,6 +80,13 @@ DEFAULT_CHANGE_GATE = 8.0
 # moves its points several pixels, so expression still comes through (cost: at most 1 px of landmark error,
 # ~0.02 inter-ocular distances).
 DEFAULT_MAP_HOLD = 1.0 / 128
+# Output hold (``context_tolerance``): a tracked face whose map, region and identity are those of a face
+# generated before is served that face again while the context around its region keeps its colour: the mean
+# of every channel over a band of ``CONTEXT_BAND`` of the crop side around the region moved at most this many
+# levels. The generator takes the colour and light of the face from its surroundings, not their texture, so a
+# head moving over a textured background keeps its face; lighting that changes brings a new one.
+DEFAULT_CONTEXT_TOLERANCE = 4.0
+CONTEXT_BAND = 8.0 / 128
 
 
 def crop_change(before: np.ndarray, now: np.ndarray) -> np.ndarray:
@@ -87,6 +94,17 @@ def crop_change(before: np.ndarray, now: np.ndarray) -> np.ndarray:
     side so codec noise and a pixel of residual misalignment do not count (the change gate's measure)."""
     change = np.abs(now.astype(np.float32) - before.astype(np.float32)).mean(-1)
     return cv2.GaussianBlur(change, (0, 0), CHANGE_BLUR * now.shape[0])
+
+
+def context_shift(before: np.ndarray, now: np.ndarray, region: np.ndarray) -> float:
+    """Largest change (levels) of a channel's mean over the band of ``CONTEXT_BAND`` of the side around
+    ``region`` ((S, S) bool) between two (S, S, 3) uint8 context inputs: the output hold's measure."""
+    side = max(1, int(round(CONTEXT_BAND * region.shape[0])))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * side + 1, 2 * side + 1))
+    band = (cv2.dilate(region.astype(np.uint8), kernel) > 0) & ~region
+    if not band.any():  # the region fills the crop: no surroundings to compare
+        return 0.0
+    return float(np.abs(before[band].mean(0) - now[band].mean(0)).max())
 
 
 def centre_coverage(prepared: PreparedFace) -> float:
@@ -138,6 +156,7 @@ class SdganRenderer:
         temporal_smoothing: float = 0.9,
         change_gate: float = DEFAULT_CHANGE_GATE,
         map_hold: float = DEFAULT_MAP_HOLD,
+        context_tolerance: float = DEFAULT_CONTEXT_TOLERANCE,
         reshape_strength: float = 3.5,
         landmark_jitter: float = DEFAULT_JITTER,
         frame_path: FramePath = "auto",
@@ -154,6 +173,9 @@ class SdganRenderer:
         if map_hold < 0:
             raise ValueError(f"map hold must be >= 0, got {map_hold}")
         self.map_hold = map_hold
+        if context_tolerance < 0:
+            raise ValueError(f"context tolerance must be >= 0, got {context_tolerance}")
+        self.context_tolerance = context_tolerance
         self.reshape_strength = reshape_strength
         # (track id, identity seed) -> (last generated output (float, aligned), the original crop it was made for):
         # the raw generator output changes between frames more than the face does; blending it with the
@@ -162,10 +184,10 @@ class SdganRenderer:
         self._previous: dict[tuple[int, int], tuple[Any, np.ndarray | None]] = {}
         self._regions: dict[int, np.ndarray] = {}  # track id -> replaced-region memory (crop space), last frame's tracks
         self._held: dict[int, PreparedFace] = {}  # track id -> last frame's steadied face; see _held_inputs
-        # (track id, identity seed) -> (context input, map, raw output) of last frame's generated faces, and
-        # this frame's so far: identical inputs are served without a generator call (see _generate).
-        self._generated: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, Any]] = {}
-        self._generated_now: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, Any]] = {}
+        # (track id, identity seed) -> the inputs and raw output of last frame's generated faces, and this
+        # frame's so far: a face given the same inputs is served without a generator call (see _generate).
+        self._generated: dict[tuple[int, int], _Generated] = {}
+        self._generated_now: dict[tuple[int, int], _Generated] = {}
         self.reused_faces = 0  # faces served from _generated (for the job's stats and benchmarks)
         # (track id, identity seed) -> (last pasted crop (float), its replaced region, the original crop): the
         # gradient-domain paste takes its boundary from the surroundings, which change as the head moves
@@ -448,10 +470,10 @@ class SdganRenderer:
         return np.where(mask > 0.5, out, crops)
 
     def _generate(self, faces: list[PreparedFace]) -> np.ndarray:
-        """The generator's raw output (B, 3, S, S) for ``faces``. A tracked face given the same context input
-        and map, with the same identity, as a face generated last frame or earlier in this one gets that
-        output again without a generator call: a still face whose inputs the holds keep (``_held_inputs``),
-        and the guard's chosen candidate in its final call."""
+        """The generator's raw output (B, 3, S, S) for ``faces``. A tracked face with the same map, region and
+        identity as a face generated last frame (or earlier in this one) gets that output again without a
+        generator call while its context kept its colour (:meth:`_serves_again`): a face whose map the hold
+        keeps (``_held_inputs``), and the guard's chosen candidate in its final call."""
         contexts = [masked_input(p) for p in faces]
         rows: list[np.ndarray | None] = [None] * len(faces)
         for index, (prepared, context) in enumerate(zip(faces, contexts)):
@@ -459,9 +481,9 @@ class SdganRenderer:
                 continue
             key = _smoothing_key(prepared)
             known = self._generated_now.get(key) or self._generated.get(key)
-            if known is not None and np.array_equal(known[0], context) and np.array_equal(known[1], prepared.labels):
-                rows[index] = known[2]
-                self._generated_now[key] = known
+            if known is not None and self._serves_again(known, prepared, context):
+                rows[index] = known.raw
+                self._generated_now[key] = known  # compared with the inputs it was made from, so no drift adds up
                 self.reused_faces += 1
         missing = [i for i, row in enumerate(rows) if row is None]
         if missing:
@@ -475,8 +497,20 @@ class SdganRenderer:
             for i, row in zip(missing, raw):
                 rows[i] = np.array(row, copy=True)  # the backend may reuse its output buffer
                 if faces[i].face.track_id is not None:
-                    self._generated_now[_smoothing_key(faces[i])] = (contexts[i], faces[i].labels, rows[i])
+                    made = _Generated(contexts[i], faces[i].labels, faces[i].region_mask > 0, rows[i])
+                    self._generated_now[_smoothing_key(faces[i])] = made
         return np.stack(rows) if rows else np.zeros((0, 3, self.config.image_size, self.config.image_size), np.float32)
+
+    def _serves_again(self, known: _Generated, prepared: PreparedFace, context: np.ndarray) -> bool:
+        """Whether ``known`` (same track and identity) is this face's output: same map and replaced region, and a
+        context equal to its own or, with ``context_tolerance``, of the same colour around the region
+        (:func:`context_shift`). The region must be the same: where it grew, the old output holds the
+        generator's copy of what was context then, possibly an edge of the real face."""
+        if not (np.array_equal(known.labels, prepared.labels) and np.array_equal(known.region, prepared.region_mask > 0)):
+            return False
+        if np.array_equal(known.context, context):
+            return True
+        return self.context_tolerance > 0 and context_shift(known.context, context, known.region) <= self.context_tolerance
 
     def _identity(self, faces: Sequence[PreparedFace]) -> np.ndarray:
         from .models.identity import identity_codes
@@ -655,6 +689,16 @@ class SdganRenderer:
     def _cover(self, image: np.ndarray, face: Face, reason: str) -> FaceOutcome:
         outcome = self.fallback.render(image, [face])[0]
         return FaceOutcome(face, outcome.method, reason)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Generated:
+    """A tracked face's generator inputs (masked context, map, replaced region as bool) and its raw output."""
+
+    context: np.ndarray
+    labels: np.ndarray
+    region: np.ndarray
+    raw: Any
 
 
 def _original(prepared: PreparedFace) -> Face:

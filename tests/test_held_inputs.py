@@ -11,7 +11,7 @@ import pytest
 from sdgan_stream.anonymize import CoverRenderer
 from sdgan_stream.faceprep import PreparedFace
 from sdgan_stream.models.generator import GeneratorConfig
-from sdgan_stream.render import DEFAULT_MAP_HOLD, SdganRenderer
+from sdgan_stream.render import DEFAULT_CONTEXT_TOLERANCE, DEFAULT_MAP_HOLD, SdganRenderer, context_shift
 from sdgan_stream.types import Face
 
 S = 128
@@ -155,7 +155,7 @@ def test_a_still_face_with_jittering_landmarks_gets_one_map(real_renderer: Sdgan
     generator gets the first frame's map again, without it the map changes."""
     from .test_sdgan_pipeline import _face_on_canvas
 
-    renderer, spy = _counting(real_renderer, map_hold=hold)
+    renderer, spy = _counting(real_renderer, map_hold=hold, context_tolerance=0.0)  # the map, not the output hold
     image, box, landmarks = _face_on_canvas()
     jitter = np.array([[0.8, -0.6], [-0.7, 0.5], [0.6, 0.7], [-0.5, -0.8], [0.7, 0.6]], np.float32)
     for points in (landmarks, landmarks + jitter):
@@ -175,7 +175,7 @@ def test_a_held_map_skips_the_maps_half_of_the_onnxruntime_generator(hold: float
     from .test_sdgan_pipeline import _face_on_canvas
 
     renderer = SdganRenderer.from_options(AnonymizeOptions(backend="onnxruntime", device="cpu", identity_guard=False))
-    renderer.map_hold = hold
+    renderer.map_hold, renderer.context_tolerance = hold, 0.0  # the map's cache, not the output hold
     assert renderer.backend.caches_maps
     image, box, landmarks = _face_on_canvas()
     jitter = np.array([[0.8, -0.6], [-0.7, 0.5], [0.6, 0.7], [-0.5, -0.8], [0.7, 0.6]], np.float32)
@@ -230,3 +230,91 @@ def test_each_job_reports_its_own_reused_faces_when_a_renderer_serves_several(fa
     served = [sum(n for key, n in r.stats.items() if key.startswith("faces_")) for r in reports]
     assert served[0] > 0
     assert [r.stats["generator_reused_faces"] for r in reports] == served  # per job, not cumulative
+
+
+# -- the output hold: a held map, region and identity keep their generated face while the context keeps its colour --
+
+class _NumberingBackend:
+    """Each face it generates is filled with the number of faces generated so far: which call made a row shows."""
+
+    device = "cpu"
+
+    def __init__(self) -> None:
+        self.faces = 0
+
+    def generate(self, masked, semantic, identity):
+        rows = []
+        for _ in range(len(masked)):
+            self.faces += 1
+            rows.append(np.full((3, S, S), self.faces, np.float32))
+        return np.stack(rows)
+
+
+def _ring_face(context: np.ndarray, *, label: int = 1, track: int | None = 1, seed: int = 3) -> PreparedFace:
+    """A face whose replaced region is the centre square, so the band around it is context."""
+    points = _points()
+    region = np.zeros((S, S), np.float32)
+    region[32:96, 32:96] = 1.0
+    face = Face(box=np.array([0, 0, S, S], np.float32), score=0.9, track_id=track, identity_seed=seed)
+    return PreparedFace(face=face, matrix=np.eye(2, 3), crop=context, labels=np.full((S, S), label, np.uint8),
+                        region_mask=region, landmarks68_crop=points, landmarks68=points.copy())
+
+
+def _served(renderer: SdganRenderer, faces: list[PreparedFace]) -> list[float]:
+    """Per frame (one face each), the number of the generator call that made the face served."""
+    out = []
+    for face in faces:
+        renderer._generated_now = {}
+        out.append(float(renderer._generate([face])[0, 0, 0, 0]))
+        renderer._generated = dict(renderer._generated_now)
+    return out
+
+
+def _textured(shift: int = 0, brightness: int = 0) -> np.ndarray:
+    """A striped context (stripes moved by ``shift`` px) plus ``brightness`` levels."""
+    stripes = np.where((np.arange(S)[None, :] + shift) % 8 < 4, 60, 180)
+    return np.clip(np.repeat(np.broadcast_to(stripes, (S, S))[..., None], 3, -1) + brightness, 0, 255).astype(np.uint8)
+
+
+def test_the_context_shift_follows_the_colour_around_the_region_not_its_texture() -> None:
+    region = _ring_face(_textured()).region_mask > 0
+    assert context_shift(_textured(), _textured(shift=4), region) < 1.0  # the stripes moved by half a period
+    assert context_shift(_textured(), _textured(brightness=10), region) == pytest.approx(10.0, abs=0.01)
+    darker_far_away = _textured()
+    darker_far_away[:8] = 0  # outside the band around the region: not the face's surroundings
+    assert context_shift(_textured(), darker_far_away, region) == 0.0
+
+
+def test_a_held_face_keeps_its_generated_face_over_a_moving_background_and_light_brings_a_new_one() -> None:
+    renderer = SdganRenderer(backend=_NumberingBackend(), config=GeneratorConfig(), landmarker=None,  # type: ignore[arg-type]
+                             fallback=CoverRenderer(), frame_path="host")
+    assert renderer.context_tolerance == DEFAULT_CONTEXT_TOLERANCE > 0
+    brighter = DEFAULT_CONTEXT_TOLERANCE + 3
+    frames = [_textured(), _textured(shift=2), _textured(shift=4), _textured(shift=4, brightness=int(brighter))]
+    assert _served(renderer, [_ring_face(c) for c in frames]) == [1, 1, 1, 2]
+    # Small changes are measured against the context the face was made from, so they cannot add up unseen.
+    step = int(0.75 * DEFAULT_CONTEXT_TOLERANCE)  # each step within the tolerance, two of them past it
+    creeping = [_textured(brightness=k * step) for k in range(3)]
+    assert _served(renderer, [_ring_face(c) for c in creeping]) == [3, 3, 4]
+
+
+def test_the_output_hold_needs_the_same_map_region_identity_and_track() -> None:
+    def served(second: PreparedFace, **kwargs) -> list[float]:
+        renderer = SdganRenderer(backend=_NumberingBackend(), config=GeneratorConfig(), landmarker=None,  # type: ignore[arg-type]
+                                 fallback=CoverRenderer(), frame_path="host", **kwargs)
+        return _served(renderer, [_ring_face(_textured()), second])
+
+    moved = _textured(shift=2)
+    assert served(_ring_face(moved)) == [1, 1]
+    assert served(_ring_face(moved, label=2)) == [1, 2]  # a new map
+    assert served(_ring_face(moved, seed=4)) == [1, 2]  # a new identity
+    assert served(_ring_face(moved, track=None)) == [1, 2]  # untracked: no yesterday
+    assert served(_ring_face(moved), context_tolerance=0.0) == [1, 2]  # off: only equal inputs are reused
+    grown = _ring_face(moved)
+    grown.region_mask[30:32, 32:96] = 1.0  # the region grew: the old output's copy of the context there could be face
+    assert served(grown) == [1, 2]
+
+
+def test_a_negative_context_tolerance_is_refused() -> None:
+    with pytest.raises(ValueError, match="context tolerance"):
+        _renderer(context_tolerance=-1.0)
