@@ -7,8 +7,10 @@ CPU time from ``/proc/self/task`` (Linux) from the job's first frame to its end;
 onnxruntime session, ``sdgan-encode`` / ``sdgan-decode``); threads started by native libraries keep their
 process name (x264's encoder threads read ``python``).
 
-Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_threads.py --method sdgan [--serial] [--set NAME=VALUE ...] [--out FILE]``
-(``--set`` gives any other job option, e.g. ``--set whole_frame_every=1``; values are read as JSON, else as text).
+Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_threads.py --method sdgan [--serial] [--set NAME=VALUE ...]
+[--renderer-set NAME=VALUE ...] [--out FILE]`` (``--set`` gives any other job option, e.g. ``--set seed=0``;
+``--renderer-set`` an attribute of the renderer the options build, e.g. ``--renderer-set context_tolerance=0``;
+values are read as JSON, else as text).
 """
 
 from __future__ import annotations
@@ -77,12 +79,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", default="sdgan")
     parser.add_argument("--serial", action="store_true", help="the serial pipeline (default: parallel)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="another job option (repeatable)")
+    parser.add_argument("--renderer-set", action="append", default=[], metavar="NAME=VALUE",
+                        help="an attribute of the renderer (repeatable), e.g. context_tolerance=0")
     parser.add_argument("--out", type=Path, help="write the result as JSON here too")
     args = parser.parse_args(argv)
     options = dict(_option(text) for text in args.set)
+    renderer_settings = dict(_option(text) for text in args.renderer_set)
 
     from sdgan_stream import anonymize_video
+    from sdgan_stream.api import build_renderer, close_renderer
+    from sdgan_stream.config import AnonymizeOptions
     from sdgan_stream.samples import make_face_clip
+
+    renderer = None
+    if renderer_settings:
+        renderer = build_renderer(AnonymizeOptions(method=args.method, parallel=not args.serial, **options))
+        for name, value in renderer_settings.items():
+            if not hasattr(renderer, name):
+                parser.error(f"the {args.method} renderer has no attribute {name!r}")
+            setattr(renderer, name, value)
 
     with tempfile.TemporaryDirectory(prefix="bench_threads_") as tmp:
         clip = args.clip or make_face_clip(Path(tmp) / "clip.mp4", width=1280, height=720, frames=args.frames, faces=4, seed=11).path
@@ -93,8 +108,10 @@ def main(argv: list[str] | None = None) -> int:
             start.update(cpu=sum(os.times()[:2]), wall=time.perf_counter(), threads=clock.sample())
 
         report = anonymize_video(clip, Path(tmp) / "out.mp4", method=args.method, parallel=not args.serial, on_start=on_start,
-                                 **options)
+                                 renderer=renderer, **options)
         clock.stop()
+        if renderer is not None:  # a renderer handed in stays open after the job
+            close_renderer(renderer)
     cpu = sum(os.times()[:2]) - float(start["cpu"])  # type: ignore[arg-type]
     wall = time.perf_counter() - float(start["wall"])  # type: ignore[arg-type]
     before: dict[tuple[int, str], float] = start["threads"]  # type: ignore[assignment]
@@ -106,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         "method": args.method,
         "pipeline": "serial" if args.serial else "parallel",
         "options": options,
+        "renderer_settings": renderer_settings,
         "frames": report.frames,
         "fps": round(report.fps, 3),
         "cpu_ms_per_frame": round(1000 * cpu / frames, 1),

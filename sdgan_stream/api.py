@@ -98,8 +98,8 @@ def detector_threads(options: AnonymizeOptions) -> int:
 
 
 def _generator_counts(renderer: object) -> dict[str, int]:
-    """Running counts of the generator's saved work: faces served again whole (inputs unchanged) and faces
-    whose map's half of the network came from the backend's cache (``generator_cached_maps``)."""
+    """Running counts of the generator's saved work: faces served again whole (the renderer's output hold) and
+    faces whose map's half of the network came from the backend's cache (``generator_cached_maps``)."""
     return {"generator_reused_faces": getattr(renderer, "reused_faces", 0),
             "generator_cached_maps": getattr(getattr(renderer, "backend", None), "map_cache_hits", 0)}
 

@@ -130,7 +130,7 @@ def _anonymize_one(src: Path, dst: Path | None, options: AnonymizeOptions, *, pr
     if guard:
         summary += f", identity guard {guard}"
     if report.stats.get("generator_reused_faces"):
-        summary += f", {report.stats['generator_reused_faces']} generated faces reused (inputs unchanged)"
+        summary += f", {report.stats['generator_reused_faces']} generated faces reused (map, region and identity held)"
     if report.stats.get("generator_cached_maps"):
         summary += f", {report.stats['generator_cached_maps']} held maps' modulations reused"
     if report.corrupt_packets:

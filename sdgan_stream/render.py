@@ -12,8 +12,9 @@ where the original face did not change (change-gated smoothing, ``change_gate``)
 gradient-domain paste change more from frame to frame than the face does. Before that, a tracked face
 keeps the semantic map it was last generated from while its landmarks stay within a pixel of it
 (``map_hold``: the generated identity moves with every pixel of the map), and the context pixels around it
-where the original changed less than ``change_gate``; a face whose inputs are then those of last frame is
-served last frame's output without a generator call.
+where the original changed less than ``change_gate``; a face whose map, region and identity are then those of a
+face generated before is served that output again without a generator call while the colour around its region
+holds (``context_tolerance``).
 
 A face falls back to the cover (and the outcome records why) when it is too small, out of frame, in
 profile, when its landmarks fail, or when the region the generator would replace does not cover the
