@@ -509,9 +509,9 @@ class SdganRenderer:
         generator's copy of what was context then, possibly an edge of the real face."""
         if not (np.array_equal(known.labels, prepared.labels) and np.array_equal(known.region, prepared.region_mask > 0)):
             return False
-        if np.array_equal(known.context, context):
-            return True
-        return self.context_tolerance > 0 and context_shift(known.context, context, known.region) <= self.context_tolerance
+        if self.context_tolerance == 0:
+            return np.array_equal(known.context, context)
+        return context_shift(known.context, context, known.region) <= self.context_tolerance
 
     def _identity(self, faces: Sequence[PreparedFace]) -> np.ndarray:
         from .models.identity import identity_codes
