@@ -96,10 +96,7 @@ class DlibRecognizer:
         self._recognizer = recognizer if recognizer is not None else FaceRecognizer(models_dir=models_dir)
 
     def embed(self, image: np.ndarray, landmarks68: np.ndarray) -> np.ndarray:
-        points = np.asarray(landmarks68, np.float32).reshape(-1, 68, 2)
-        if not len(points):
-            return np.zeros((0, 128), np.float32)
-        return np.stack([self._recognizer.embed(image, p) for p in points])
+        return self._recognizer.embed_many(image, landmarks68)
 
     def distances(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.linalg.norm(np.asarray(a)[:, None, :] - np.asarray(b)[None, :, :], axis=2)
