@@ -44,6 +44,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -259,6 +260,11 @@ class MultiPassDetector:
         around_min_score: least score of a face followed in a crop between whole looks. The tracker's
             display threshold: weaker finds (which only keep tracks alive) wait for the next whole look,
             as a small view made one of them a confident false face on the benchmark clip.
+        pass_threads: how many of one frame's passes run at once (``detector.detect`` must be safe to call
+            from several threads, as an onnxruntime session is). A frame with a scheduled turn costs two
+            whole passes where the others cost one; with a single-threaded network (``--method sdgan`` on
+            the CPU gives the detector one core) the turn's pass then runs beside the upright one on a core
+            the job left idle. The merge is the same whatever the threads (passes keep their order).
     """
 
     def __init__(
@@ -273,6 +279,7 @@ class MultiPassDetector:
         turned_min_score: float = TURNED_MIN_SCORE,
         whole_every: int = 1,
         around_min_score: float = 0.0,
+        pass_threads: int = 1,
     ) -> None:
         if any(r % 90 or not 0 < r < 360 for r in rotations):
             raise ValueError(f"rotations must be among 90, 180, 270, got {tuple(rotations)}")
@@ -282,6 +289,8 @@ class MultiPassDetector:
             raise ValueError(f"rotation_every must be >= 0, got {rotation_every}")
         if whole_every < 1:
             raise ValueError(f"whole_every must be >= 1, got {whole_every}")
+        if pass_threads < 1:
+            raise ValueError(f"pass_threads must be >= 1, got {pass_threads}")
         for name, size in (("detect size", detect_size), ("tile size", tile_size)):
             if size is not None and min(size) < 32:
                 raise ValueError(f"{name} must be at least 32x32, got {size[0]}x{size[1]}")
@@ -294,6 +303,7 @@ class MultiPassDetector:
         self.turned_min_score = turned_min_score
         self.whole_every = whole_every
         self.around_min_score = around_min_score
+        self.pass_threads = pass_threads
         self._frame = 0
         self._plans: dict[tuple[int, int], list[DetectorPass]] = {}
         self._followed: list[_Followed] = []
@@ -370,10 +380,10 @@ class MultiPassDetector:
         passes = self.passes_for(width, height, self._frame)
         follows = self.follow_passes(width, height, [p for p in passes if p.rotation])
         self._frame += 1
+        specs = passes + follows
+        views = [view_of(image, spec) for spec in specs]
         seen_by: dict[DetectorPass, Detections] = {}
-        for spec in passes + follows:
-            view, matrix = view_of(image, spec)
-            seen = self.detector.detect(view)
+        for spec, (_, matrix), seen in zip(specs, views, self._run([view for view, _ in views]), strict=True):
             if spec.rotation and len(seen):
                 # A turned view offers the network new false faces (an upside-down mouth and nose), while a
                 # face that really is turned looks upright there and scores like one: keep confident ones.
@@ -389,6 +399,15 @@ class MultiPassDetector:
             self._upright = upright.boxes[upright.scores >= self.around_min_score].astype(np.float64)
         merged = merge_detections(_concat(list(seen_by.values())))
         return _inside(merged, width, height)
+
+    def _run(self, views: list[np.ndarray]) -> list[Detections]:
+        """The network's detections on each view, in order; up to ``pass_threads`` views at once."""
+        if self.pass_threads < 2 or len(views) < 2:
+            return [self.detector.detect(view) for view in views]
+        # A pool per frame that needs one (a scheduled turn, tiles): starting threads costs microseconds
+        # against a network pass, and nothing outlives the call.
+        with ThreadPoolExecutor(min(self.pass_threads, len(views)), thread_name_prefix="sdgan-pass") as pool:
+            return list(pool.map(self.detector.detect, views))
 
     def _update_followed(self, seen_by: dict[DetectorPass, Detections]) -> None:
         """Renew each followed face seen again near its last box in its turn's passes, drop long-missed

@@ -1,5 +1,6 @@
 import importlib.util
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -360,8 +361,52 @@ def test_the_border_pad_finds_a_face_cut_at_its_middle_by_the_bottom_edge() -> N
     assert box[3] >= 600 - 2  # ... and down to the border (the face goes on below it)
 
 
+class _ThreadRecordingNetwork:
+    """CenterFace, noting which thread ran each view and how many views ran at the same time."""
+
+    def __init__(self) -> None:
+        self.network = CenterFaceDetector(threshold=0.4, detect_size=None)
+        self.threshold = self.network.threshold
+        self.threads: set[str] = set()
+        self.running = self.most_at_once = 0
+        self._lock = threading.Lock()
+
+    def detect(self, image: np.ndarray):
+        with self._lock:
+            self.threads.add(threading.current_thread().name)
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            return self.network.detect(image)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+def test_passes_on_several_threads_find_what_one_thread_finds() -> None:
+    photos = face_photos()
+    frame = _canvas_with(photos[0].image, (1400, 900), (60, 40))  # tiled at (640, 480): 5 passes a frame
+    turned = np.ascontiguousarray(np.rot90(photos[1].image, k=2))
+    frame[420:420 + turned.shape[0], 800:800 + turned.shape[1]] = turned
+    results = {}
+    for threads in (1, 2):
+        network = _ThreadRecordingNetwork()
+        detector = MultiPassDetector(network, tile_size=(640, 480), rotations=(90, 180, 270), rotation_every=1, pass_threads=threads)
+        results[threads] = [detector.detect(frame) for _ in range(4)]  # turns 90, 180 (finds the face), 270, then its follow pass
+        if threads == 1:
+            assert network.threads == {threading.current_thread().name} and network.most_at_once == 1
+        else:
+            assert all(name.startswith("sdgan-pass") for name in network.threads)
+    assert any(len(found) >= 2 for found in results[1])  # the upright face and the upside-down one
+    for one, two in zip(results[1], results[2], strict=True):
+        assert np.array_equal(one.boxes, two.boxes) and np.array_equal(one.scores, two.scores)
+        assert np.array_equal(one.landmarks, two.landmarks)
+
+
 def test_passes_reject_nonsense() -> None:
     network = CenterFaceDetector(threshold=0.4, detect_size=None)
+    with pytest.raises(ValueError, match="pass_threads"):
+        MultiPassDetector(network, pass_threads=0)
     with pytest.raises(ValueError):
         MultiPassDetector(network, rotations=(45,))
     with pytest.raises(ValueError):
