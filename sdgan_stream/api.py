@@ -71,8 +71,9 @@ def pass_threads(intra_op_threads: int) -> int:
     """How many of a frame's detector passes run at once: as many as the network's threads fit the physical
     cores. A network on fewer threads than cores (``detector_threads``: ``--method sdgan`` on the CPU) runs a
     frame's scheduled turn beside its upright pass: on the 720p benchmark clip (``benchmarks/bench_threads.py
-    --method sdgan --set seed=0``, 5 runs each, alternated) 4.98 -> 5.14 fps median (4.62-5.18 -> 5.13-5.18),
-    1.73 -> 1.85 cores busy; the passes side by side cost more CPU (each slows the other) than they save."""
+    --method sdgan --set seed=0``, 5 runs each, alternated) 4.98 -> 5.14 fps median (4.62-5.18 -> 5.13-5.18) and
+    1.73 -> 1.86 cores busy, for 3% more CPU per frame (two passes at once slow each other);
+    ``benchmarks/results/pass_threads_ab_s10.json``."""
     if not intra_op_threads:
         return 1  # each pass already takes every core
     from .backends.base import physical_cores

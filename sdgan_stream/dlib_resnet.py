@@ -5,7 +5,8 @@ dlib's Python binding computes the 128-D face descriptor with its own convolutio
 Python thread of the job can run. The network itself is small (a 29-layer ResNet on a 150x150 chip,
 ~0.3 GMAC), so this module reads dlib's weights from the very file dlib loads
 (``dlib_face_recognition_resnet_model_v1.dat`` in ``face-recognition-models``), builds the same network
-as an ONNX graph in memory and runs it in onnxruntime, which releases the GIL and is ~50x faster.
+as an ONNX graph in memory and runs it in onnxruntime, which releases the GIL: 5 ms a face against
+dlib's 127 ms, both on one thread here.
 The chip is still cut by dlib (``dlib.get_face_chip``, the cut its descriptor uses), so the embedding
 is dlib's own up to float rounding (``tests/test_dlib_resnet.py`` compares them).
 
@@ -36,7 +37,7 @@ from .errors import WeightsError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CHIP_SIZE", "CHIP_PADDING", "DlibResNet", "read_dlib_layers"]
+__all__ = ["CHIP_SIZE", "CHIP_PADDING", "DlibLayer", "DlibResNet", "build_onnx", "read_dlib_layers"]
 
 CHIP_SIZE = 150  # dlib's input_rgb_image_sized<150>
 CHIP_PADDING = 0.25  # compute_face_descriptor's default chip padding
@@ -77,12 +78,6 @@ class _Reader:
         mantissa = self.integer()
         exponent = self.integer()
         return float(np.ldexp(float(mantissa), exponent))
-
-    def string(self) -> str:
-        size = self.integer()
-        text = self.data[self.at : self.at + size].decode("ascii")
-        self.at += size
-        return text
 
     def tensor(self) -> np.ndarray:
         version = self.integer()
@@ -208,10 +203,10 @@ class _Graph:
         if layer.kind == "relu":
             return self.node("Relu", [x])
         if layer.kind == "max_pool":
-            return self._pool("MaxPool", layer, x)
+            return self.pool("MaxPool", layer, x)
         raise WeightsError(f"unexpected dlib layer {layer.kind} here")
 
-    def _pool(self, op: str, layer: DlibLayer, x: str) -> str:
+    def pool(self, op: str, layer: DlibLayer, x: str) -> str:
         (ph, pw) = layer.padding
         if layer.padding != (0, 0):
             raise WeightsError("padded pooling is not supported")  # anet_type has none
@@ -241,8 +236,7 @@ def build_onnx(layers: list[DlibLayer]):  # noqa: ANN201 (onnx.ModelProto; onnx 
     from onnx import TensorProto, helper
 
     graph = _Graph()
-    stem = iter(layers)
-    mean = np.array(next(stem).mean_rgb, np.float32).reshape(1, 3, 1, 1)
+    mean = np.array(layers[0].mean_rgb, np.float32).reshape(1, 3, 1, 1)
     x = graph.node("Transpose", ["chips"], perm=[0, 3, 1, 2])
     x = graph.node("Cast", [x], to=TensorProto.FLOAT)
     x = graph.node("Mul", [graph.node("Sub", [x, graph.constant(mean, "mean")]), graph.constant(np.float32(1 / 256), "scale")])
@@ -265,7 +259,7 @@ def build_onnx(layers: list[DlibLayer]):  # noqa: ANN201 (onnx.ModelProto; onnx 
         shortcut, short_shape = inputs, in_shape
         if block == "down":
             pool = layers[at]
-            shortcut = graph._pool("AveragePool", pool, inputs)
+            shortcut = graph.pool("AveragePool", pool, inputs)
             short_shape = (channels, _conv_out(size, pool, 0), _conv_out(size, pool, 0))
             at += 1
         x, (channels, size, _) = graph.add_padded(x, shortcut, (out_channels, out_size, out_size), short_shape)
