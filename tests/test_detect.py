@@ -397,6 +397,7 @@ def test_passes_on_several_threads_find_what_one_thread_finds() -> None:
             assert network.threads == {threading.current_thread().name} and network.most_at_once == 1
         else:
             assert all(name.startswith("sdgan-pass") for name in network.threads)
+        assert not [t for t in threading.enumerate() if t.name.startswith("sdgan-pass")]  # none outlives its frame
     assert any(len(found) >= 2 for found in results[1])  # the upright face and the upside-down one
     for one, two in zip(results[1], results[2], strict=True):
         assert np.array_equal(one.boxes, two.boxes) and np.array_equal(one.scores, two.scores)
