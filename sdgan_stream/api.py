@@ -59,12 +59,14 @@ def build_detector(options: AnonymizeOptions, *, intra_op_threads: int = 0, live
 
         network = ScrfdDetector(options.detector_model, threshold=threshold, provider=options.detector_provider,
                                 intra_op_threads=intra_op_threads)
+        side_by_side = 1  # loaded through insightface's zoo, its SCRFD object is not known to be thread-safe
     else:
         network = CenterFaceDetector(threshold=threshold, detect_size=None, provider=options.detector_provider,
                                      intra_op_threads=intra_op_threads, precision=detector_precision(options))
+        side_by_side = pass_threads(intra_op_threads)  # one onnxruntime session, safe to run from several threads
     return MultiPassDetector(network, detect_size=options.detect_size, tile_size=options.tile_size, border=options.border,
                              rotation_every=options.rotation_every, whole_every=1 if live else whole_frame_every(options),
-                             around_min_score=options.threshold, pass_threads=pass_threads(intra_op_threads))
+                             around_min_score=options.threshold, pass_threads=side_by_side)
 
 
 def pass_threads(intra_op_threads: int) -> int:

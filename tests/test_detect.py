@@ -155,6 +155,19 @@ def test_the_detector_leaves_half_the_cores_to_a_cpu_generator_in_the_parallel_p
     assert detector_threads(AnonymizeOptions(method="sdgan", device="cpu")) == 1
 
 
+def test_a_detector_on_fewer_threads_than_cores_runs_a_frames_passes_side_by_side(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import sdgan_stream.backends.base as base
+    from sdgan_stream.api import build_detector, pass_threads
+
+    monkeypatch.setattr(base, "physical_cores", lambda: 2)
+    assert pass_threads(1) == 2 and pass_threads(2) == 1
+    assert pass_threads(0) == 1  # each pass already takes every core
+    assert build_detector(AnonymizeOptions(method="sdgan"), intra_op_threads=1).pass_threads == 2
+    assert build_detector(AnonymizeOptions(method="blur")).pass_threads == 1
+    scrfd = _scrfd_like_model(tmp_path / "det_fake.onnx")  # SCRFD: one pass at a time whatever the threads
+    assert build_detector(AnonymizeOptions(method="sdgan", detector_model=str(scrfd)), intra_op_threads=1).pass_threads == 1
+
+
 def test_missing_provider_is_an_error_naming_the_available_ones() -> None:
     with pytest.raises(BackendUnavailableError, match="CPUExecutionProvider"):
         CenterFaceDetector(provider="NoSuchExecutionProvider")
