@@ -282,7 +282,13 @@ def build_onnx(layers: list[DlibLayer]):  # noqa: ANN201 (onnx.ModelProto; onnx 
 
 class DlibResNet:
     """dlib's 128-D face descriptor network in onnxruntime: ``descriptors(chips)`` for (N, 150, 150, 3)
-    uint8 RGB chips cut by ``dlib.get_face_chip`` (size 150, padding 0.25)."""
+    uint8 RGB chips cut by ``dlib.get_face_chip`` (size 150, padding 0.25).
+
+    >>> from sdgan_stream.landmarks import dlib_model_path
+    >>> network = DlibResNet(dlib_model_path("dlib_face_recognition_resnet_model_v1.dat"))
+    >>> network.descriptors(np.zeros((2, CHIP_SIZE, CHIP_SIZE, 3), np.uint8)).shape
+    (2, 128)
+    """
 
     def __init__(self, path: str | Path, *, threads: int = 1) -> None:
         import onnxruntime as ort
