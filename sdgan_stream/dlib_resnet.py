@@ -207,10 +207,9 @@ class _Graph:
         raise WeightsError(f"unexpected dlib layer {layer.kind} here")
 
     def pool(self, op: str, layer: DlibLayer, x: str) -> str:
-        (ph, pw) = layer.padding
         if layer.padding != (0, 0):
             raise WeightsError("padded pooling is not supported")  # anet_type has none
-        return self.node(op, [x], kernel_shape=list(layer.window), strides=list(layer.stride), pads=[ph, pw, ph, pw])
+        return self.node(op, [x], kernel_shape=list(layer.window), strides=list(layer.stride))
 
     def add_padded(self, a: str, b: str, shape_a: tuple[int, int, int], shape_b: tuple[int, int, int]) -> tuple[str, tuple[int, int, int]]:
         """``a + b`` as dlib adds tensors of unequal size: each zero-padded at the end to the larger."""
