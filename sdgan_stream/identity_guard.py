@@ -25,7 +25,7 @@ an insightface model pack or an ArcFace ONNX file. No model is ever downloaded.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -234,6 +234,46 @@ def candidate_seed(identity_seed: int, attempt: int, index: int) -> int:
     return int(mixed)
 
 
+class _FaceCheckFailed(Exception):
+    """The second face detector failed on a candidate (see :meth:`IdentityGuard.choose`)."""
+
+
+def _asked_once(found: Sequence[bool] | Callable[[int], bool] | None) -> Callable[[int], bool] | None:
+    """``found`` as a function of a candidate's index that asks about each candidate at most once; a
+    failure of the question raises ``_FaceCheckFailed``."""
+    if found is None:
+        return None
+    ask = found if callable(found) else found.__getitem__
+    answers: dict[int, bool] = {}
+
+    def is_found(i: int) -> bool:
+        if i not in answers:
+            try:
+                answers[i] = bool(ask(i))
+            except Exception as error:
+                raise _FaceCheckFailed from error
+        return answers[i]
+
+    return is_found
+
+
+def _most_faithful(errors: Sequence[float], is_found: Callable[[int], bool] | None, passes: Callable[[int], bool],
+                   nearest: np.ndarray) -> int | None:
+    """The faithful pick: of the candidates that clear the margin (``passes``), those ``is_found`` first, then the
+    lowest landmark error; of equally ranked ones the farthest (``nearest``). Candidates are asked about in order
+    of their error and only until the pick is known: a face check pastes the candidate and runs a detector,
+    ``passes`` embeds it."""
+    found = is_found or (lambda i: True)
+    by_error = sorted(range(len(errors)), key=lambda i: errors[i])
+    best = next((i for i in by_error if found(i) and passes(i)), None)
+    if best is None:  # none of the found ones clears the margin (every one was asked): the rest, most faithful first
+        best = next((i for i in by_error if passes(i)), None)
+    if best is None:
+        return None
+    tied = [i for i in by_error if errors[i] == errors[best] and found(i) == found(best) and passes(i)]
+    return max(tied, key=lambda i: nearest[i])
+
+
 def view_quality(crop: np.ndarray, landmarks68_crop: np.ndarray, face_width: float) -> float:
     """How good a view of the original face is for recognition: size (capped) x frontalness x sharpness."""
     frontal = max(0.0, 1.0 - 2.0 * abs(yaw_ratio(landmarks68_crop) - 0.5))
@@ -390,7 +430,8 @@ class IdentityGuard:
         return [candidate_seed(base, state.attempt, k) for k in range(self.config.candidates)]
 
     def choose(self, key: int, seeds: Sequence[int], crops: Sequence[np.ndarray], landmarks68_crop: Sequence[np.ndarray],
-               *, landmark_errors: Sequence[float] | None = None, found: Sequence[bool] | None = None) -> int | None:
+               *, landmark_errors: Sequence[float] | None = None,
+               found: Sequence[bool] | Callable[[int], bool] | None = None) -> int | None:
         """Keep one candidate face (generated crops and their landmarks) that clears the margin: the
         farthest, or with ``pick="faithful"`` the one with the lowest ``landmark_errors`` (how far each
         candidate's own landmarks are from the original's), taking first the candidates a second face
@@ -399,6 +440,8 @@ class IdentityGuard:
         Candidates are embedded only as far as the pick needs (an embedding is the guard's main cost):
         a faithful pick tries them from the best landmarks down and stops at the first that passes (and
         its equals), a proposed identity (segment cuts) in seed order; only ``farthest`` embeds them all.
+        ``found`` may be a function of the candidate's index: it is then asked as far as the pick needs too
+        (most faithful first), and if it raises, the landmarks alone decide.
         """
         state = self._state(key)
         state.attempt += 1
@@ -410,23 +453,22 @@ class IdentityGuard:
                 nearest[i] = self._nearest_original(state, [crops[i]], [landmarks68_crop[i]])[0]
             return bool(nearest[i] >= self.min_distance)
 
-        proposed = key in self._proposals  # the same pick in every segment that passes the same candidates
-        if proposed or (self.config.pick == "faithful" and landmark_errors is not None):
-            def rank(i: int) -> tuple[bool, float]:  # found by the second detector first, then the most faithful
-                return (found is not None and not found[i], landmark_errors[i])  # type: ignore[index]
-
-            order = list(range(len(seeds))) if proposed else sorted(range(len(seeds)), key=rank)
-            best = next((i for i in order if passes(i)), None)
-            if best is not None and not proposed:  # equally ranked candidates: the farther one
-                best = max((i for i in order if rank(i) == rank(best) and passes(i)), key=lambda i: nearest[i])
+        if key in self._proposals:  # the same pick in every segment that passes the same candidates
+            best = next((i for i in range(len(seeds)) if passes(i)), None)
+            if best is not None:
+                self.counts["kept_proposed_identities"] += 1
+        elif self.config.pick == "faithful" and landmark_errors is not None:
+            try:
+                best = _most_faithful(landmark_errors, _asked_once(found), passes, nearest)
+            except _FaceCheckFailed:  # a preference between faces that all clear the margin: never a reason to cover
+                log.exception("identity guard: the face check of the candidates failed; picking by landmarks alone")
+                best = _most_faithful(landmark_errors, None, passes, nearest)
         else:
             passing = [i for i in range(len(seeds)) if passes(i)]
             best = max(passing, key=lambda i: nearest[i]) if passing else None
         state.candidate_distances = tuple(float(d) for d in nearest)
         self._checked(state)
         if best is not None:
-            if proposed:
-                self.counts["kept_proposed_identities"] += 1
             state.seed, state.failed_at, state.distance = int(seeds[best]), None, float(nearest[best])
             self._remember(key, state)
             return state.seed

@@ -26,7 +26,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import cv2
@@ -428,9 +428,11 @@ class SdganRenderer:
         return None if seed is None else _with_seed(prepared, seed)
 
     def _found_in_frame(self, image: np.ndarray, crops: np.ndarray, options: list[PreparedFace],
-                        errors: list[float]) -> list[bool] | None:
-        """Per candidate, whether the guard recognizer's own face detector (dlib HOG, not CenterFace) finds
-        it pasted into the frame at the face's place and scale; None when the recognizer has no detector.
+                        errors: list[float]) -> Callable[[int], bool] | None:
+        """Whether the guard recognizer's own face detector (dlib HOG, not CenterFace) finds candidate ``i``
+        pasted into the frame at the face's place and scale, as a function the guard asks only about the
+        candidates its pick needs (each question pastes the candidate into a copy of the frame and runs the
+        detector: ~30 ms); None when the recognizer has no detector.
 
         Some identity codes give faces that clear the margin and keep the landmarks but no longer read
         as a face at frame scale. On the held-out clip of issue 13, two of seven tracks kept such a face
@@ -441,19 +443,15 @@ class SdganRenderer:
         finds_face = getattr(self.guard.recognizer, "finds_face", None)
         if finds_face is None:
             return None
-        out = []
-        try:
-            for crop, option, error in zip(crops, options, errors):
-                if not np.isfinite(error):  # its landmarks failed: ranked last whatever a detector says
-                    out.append(False)
-                    continue
-                trial = image.copy()
-                paste_back(trial, crop, self._as_pasted(option))
-                out.append(bool(finds_face(trial, option.face.box)))
-        except Exception:  # a preference between faces that all clear the margin: never a reason to cover
-            log.exception("identity guard: the face check of the candidates failed; picking by landmarks alone")
-            return None
-        return out
+
+        def found(i: int) -> bool:
+            if not np.isfinite(errors[i]):  # its landmarks failed: ranked last whatever a detector says
+                return False
+            trial = image.copy()
+            paste_back(trial, crops[i], self._as_pasted(options[i]))
+            return bool(finds_face(trial, options[i].face.box))
+
+        return found
 
     def generate_crops(self, faces: list[PreparedFace], *, smoothed_into: dict[tuple[int, int], Any] | None = None) -> np.ndarray:
         """One generator call for ``faces``: composited (S, S, 3) uint8 crops (also used by ``inspect``).

@@ -105,6 +105,38 @@ def test_the_faithful_pick_prefers_candidates_a_second_detector_finds_and_falls_
     assert guard.choose(1, seeds, crops, [_points()] * 3, landmark_errors=errors, found=[False, True, False]) == seeds[0]
 
 
+def test_the_face_check_is_asked_only_as_far_as_the_pick_needs_and_picks_as_if_all_were_asked() -> None:
+    crops, errors = [_crop(220), _crop(170), _crop(110), _crop(200)], [0.05, 0.01, 0.02, 0.3]
+    for answers in ([True] * 4, [True, False, True, True], [False, False, True, True], [False] * 4, [True, True, True, False]):
+        asked: list[int] = []
+        guard, seeds = _faithful_draw(FakeRecognizer(), 4)
+        lazy = guard.choose(1, seeds, crops, [_points()] * 4, landmark_errors=errors,
+                            found=lambda i, a=answers: asked.append(i) or a[i])
+        guard, seeds = _faithful_draw(FakeRecognizer(), 4)
+        assert lazy == guard.choose(1, seeds, crops, [_points()] * 4, landmark_errors=errors, found=answers)
+        assert len(asked) == len(set(asked))  # never twice about one candidate
+        if answers == [True] * 4:
+            assert asked == [1]  # the most faithful is found and passes: nothing else is asked
+    # candidate 2 (too close to the person) is found; 1 is not: 0, the next found one, is kept after 3 questions
+    asked = []
+    guard, seeds = _faithful_draw(FakeRecognizer(), 4)
+    assert guard.choose(1, seeds, crops, [_points()] * 4, landmark_errors=errors,
+                        found=lambda i: asked.append(i) or i != 1) == seeds[0]
+    assert asked == [1, 2, 0]
+
+
+def test_a_face_check_that_fails_midway_leaves_the_pick_to_the_landmarks() -> None:
+    crops, errors = [_crop(220), _crop(170), _crop(200)], [0.05, 0.01, 0.3]
+
+    def check(i: int) -> bool:
+        if i == 0:
+            raise RuntimeError("detector crashed")
+        return False
+
+    guard, seeds = _faithful_draw(FakeRecognizer(), 3)
+    assert guard.choose(1, seeds, crops, [_points()] * 3, landmark_errors=errors, found=check) == seeds[1]
+
+
 def test_the_faithful_pick_embeds_candidates_only_until_one_passes() -> None:
     recognizer = FakeRecognizer()
     guard, seeds = _faithful_draw(recognizer, 4)
@@ -290,7 +322,10 @@ def test_the_draw_asks_the_recognizers_detector_about_each_candidate_pasted_in_t
     given = _keywords_of_choose(renderer, monkeypatch)
     renderer.render(image.copy(), [face])
     found = given["found"]
-    assert isinstance(found, list) and len(found) == 3 and all(isinstance(f, bool) for f in found)
+    assert callable(found) and 1 <= len(seen) <= sum(np.isfinite(e) for e in given["landmark_errors"])
+    seen.clear()
+    answers = [found(i) for i in range(3)]  # asked about every candidate, as a full ranking would
+    assert all(isinstance(a, bool) for a in answers)
     x1, y1, x2, y2 = face.box.astype(int)
     # each question is about a frame with that candidate pasted (the faces differ), never the original
     assert len(seen) == sum(np.isfinite(e) for e in given["landmark_errors"])
@@ -306,7 +341,9 @@ def test_a_failing_face_check_leaves_the_pick_to_the_landmarks_and_covers_nothin
     renderer = _renderer_with(plain_renderer, recognizer, candidates=2, min_distance=0.05)
     given = _keywords_of_choose(renderer, monkeypatch)
     assert [o.method for o in renderer.render(image.copy(), [face])] == ["sdgan"]
-    assert given["found"] is None
+    assert callable(given["found"])
+    with pytest.raises(RuntimeError, match="detector crashed"):
+        given["found"](0)
 
 
 def test_a_recognizer_without_a_detector_leaves_the_pick_to_the_landmarks(plain_renderer: SdganRenderer,
