@@ -6,7 +6,8 @@ renderer as video. The montage takes ``--count`` faces: first every held-out fac
 68-point fit's estimate, :func:`sdgan_stream.landmarks.estimate_yaw_deg`) is 30-60 degrees, then the
 others by size. When the held-out split has fewer than ``--turned`` such faces, the train split's
 turned faces fill in, labelled ``TRAIN``. Each tile: original | output, with person, yaw and outcome
-(``sdgan`` or the cover and its reason). Writes ``realism_montage.png`` and ``realism_montage.json``.
+(``sdgan`` or the cover and its reason); with ``--weights A,B`` one output per generator bundle (before |
+after). Writes ``realism_montage.png`` and ``realism_montage.json``.
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/realism_montage.py --photos /work/runs/allow \\
         --out benchmarks/results/realism
@@ -62,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=12)
     parser.add_argument("--turned", type=int, default=2, help="at least this many faces turned 30-60 degrees")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--weights", default="", help="comma list of generator bundles, one output column each "
+                        "(default: the package's; 'package' names it in a list)")
     args = parser.parse_args(argv)
 
     from sdgan_stream.config import AnonymizeOptions
@@ -84,27 +87,31 @@ def main(argv: list[str] | None = None) -> int:
                     key=lambda e: -(e["photo"].face_box[2] - e["photo"].face_box[0]))
     chosen += others[: args.count - len(chosen)]
 
-    renderer = SdganRenderer.from_options(AnonymizeOptions(seed=args.seed))
+    bundles = [None if w in ("", "package") else w for w in args.weights.split(",")]
+    renderers = [SdganRenderer.from_options(AnonymizeOptions(seed=args.seed, weights=w)) for w in bundles]
     tiles, rows = [], []
     for index, entry in enumerate(chosen):
         photo = entry["photo"]
-        output = photo.image.copy()
         face = Face(box=photo.face_box, score=1.0, identity_seed=args.seed * 1000 + index)
-        outcome = renderer.render(output, [face])[0]
-        what = outcome.method + (f" ({outcome.reason})" if outcome.reason else "")
+        panels, outcomes = [_tile(photo.image, photo.face_box)], []
+        for renderer in renderers:
+            output = photo.image.copy()
+            outcomes.append(renderer.render(output, [face])[0])
+            panels.append(_tile(output, photo.face_box))
+        what = " | ".join(o.method + (f" ({o.reason})" if o.reason else "") for o in outcomes)
         yaw = "?" if entry["yaw"] is None else f"{entry['yaw']:+.0f}deg"
         text = f"{'TRAIN ' if entry['split'] == 'train' else ''}{photo.name.split('/')[0]} {yaw} {what}"
-        pair = np.concatenate([_tile(photo.image, photo.face_box), _tile(output, photo.face_box)], 1)
-        tiles.append(_label(pair, text))
-        rows.append({"face": photo.name, "split": entry["split"], "yaw_deg": entry["yaw"], "outcome": outcome.method,
-                     "reason": outcome.reason})
-    columns = 3
+        tiles.append(_label(np.concatenate(panels, 1), text))
+        rows.append({"face": photo.name, "split": entry["split"], "yaw_deg": entry["yaw"],
+                     "outcome": [o.method for o in outcomes], "reason": [o.reason for o in outcomes]})
+    columns = 3 if len(renderers) == 1 else 2
     while len(tiles) % columns:
         tiles.append(np.zeros_like(tiles[0]))
     grid = np.concatenate([np.concatenate(tiles[i : i + columns], 1) for i in range(0, len(tiles), columns)], 0)
     args.out.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(args.out / "realism_montage.png"), grid[..., ::-1])
     summary = {
+        "weights": [w or "package" for w in bundles],
         "faces": rows,
         "heldout_faces": sum(e["split"] == "heldout" for e in pool),
         "heldout_turned_30_60": len(held_turned),

@@ -131,13 +131,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=60, help="frames of the held-out clip (made with this many when missing)")
     parser.add_argument("--stride", type=int, default=4, help="boundary score on every N-th frame")
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--weights", default=None, help="generator bundle for the sdgan methods (default: the package's)")
+    parser.add_argument("--seed", type=int, default=1, help="--seed of every anonymize run")
     args = parser.parse_args(argv)
 
     methods = args.methods.split(",")
     missing = [m for m in methods if not (args.heldout / f"{m}.evaluation.json").exists()]
     if missing:
         heldout_eval.main(["--photos", str(args.photos), "--out", str(args.heldout), "--frames", str(args.frames),
-                           "--variants", ",".join(missing)])
+                           "--variants", ",".join(missing), "--seed", str(args.seed),
+                           *(["--weights", args.weights] if args.weights else [])])
     clip = args.heldout / "heldout_clip.mp4"
     faces = prepared_faces(clip, stride=args.stride, frames=args.frames)
     untouched = boundary_scores(clip, untouched_copy(clip, args.heldout / "untouched.mp4"), faces, frames=args.frames)

@@ -42,6 +42,7 @@ __all__ = [
     "prepare_face_from_landmarks",
     "prepare_faces",
     "region_mask_from_labels",
+    "replaced_region",
     "turned_head_region",
 ]
 
@@ -97,6 +98,20 @@ def region_mask_from_labels(labels: np.ndarray, landmarks68_crop: np.ndarray) ->
     radius = max(1, int(round(REGION_DILATION * ipd)))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
     return cv2.dilate(face.astype(np.uint8), kernel).astype(np.float32)
+
+
+def replaced_region(labels: np.ndarray, crop_points: np.ndarray, *, yaw_deg: float | None, box_mask: np.ndarray) -> np.ndarray:
+    """(S, S) float32: the region the generator replaces, in crop space: the map's face
+    (:func:`region_mask_from_labels`) joined with the safety additions, :func:`turned_head_region` and
+    ``box_mask`` (the detector box's ellipse, :func:`box_ellipse_mask`). The one definition for the renderer
+    and for training (``train.dataset``), so the generator learns to paint exactly what it is asked to."""
+    size = labels.shape[0]
+    safety = np.maximum(turned_head_region(crop_points, size, yaw_deg=yaw_deg), box_mask)
+    # The safety additions stop short of the crop's edge (room for the paste's outward ramp): a tracker's
+    # predicted box is widened for uncertainty and may reach past the crop; the map itself may not.
+    keep_out = max(1, int(round(_EDGE_KEEP_OUT * size)))
+    safety[:keep_out], safety[-keep_out:], safety[:, :keep_out], safety[:, -keep_out:] = 0, 0, 0, 0
+    return np.maximum(region_mask_from_labels(labels, crop_points), safety)
 
 
 def turned_head_region(crop_points: np.ndarray, size: int, *, yaw_deg: float | None = None) -> np.ndarray:
@@ -158,13 +173,8 @@ def prepare_face_from_landmarks(
     crop = warp_to_crop(image, matrix, size) if with_crop else None
     crop_points = apply_matrix(points, matrix)
     labels = rasterize_semantic_map(crop_points, size)
-    # The safety additions stop short of the crop's edge (room for the paste's outward ramp): a tracker's
-    # predicted box is widened for uncertainty and may reach past the crop; the map itself may not.
-    safety = np.maximum(turned_head_region(crop_points, size, yaw_deg=_largest_yaw(points, face)),
-                        box_ellipse_mask(face.box, matrix, size))
-    keep_out = max(1, int(round(_EDGE_KEEP_OUT * size)))
-    safety[:keep_out], safety[-keep_out:], safety[:, :keep_out], safety[:, -keep_out:] = 0, 0, 0, 0
-    region = np.maximum(region_mask_from_labels(labels, crop_points), safety)
+    region = replaced_region(labels, crop_points, yaw_deg=_largest_yaw(points, face),
+                             box_mask=box_ellipse_mask(face.box, matrix, size))
     return PreparedFace(
         face=face,
         matrix=matrix,

@@ -127,6 +127,43 @@ def test_samplers_are_deterministic_and_well_formed():
         assert torch.allclose(t["code"].norm(dim=1), torch.ones(3), atol=1e-5)
 
 
+def test_training_blanks_the_region_the_renderer_replaces():
+    """The generator is trained on the region inference asks it to paint: the map's face joined with the
+    safety additions (here a detector-like box's ellipse), never the map's face alone."""
+    from sdgan_stream.faceprep import region_mask_from_labels
+    from train.dataset import detector_like_box, training_region
+
+    points = mean_face_landmarks(128)
+    labels = rasterize_semantic_map(points, 128)
+    face_only = region_mask_from_labels(labels, points) > 0
+    grew = []
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        box = detector_like_box(points, rng)
+        eyes, mouth = (points[36:42].mean(0), points[42:48].mean(0)), points[48:68].mean(0)
+        assert box[0] < eyes[0][0] and box[2] > eyes[1][0] and box[1] < points[17:27, 1].min() and box[3] > mouth[1]
+        region = training_region(labels, points, np.random.default_rng(seed)) > 0
+        assert np.all(region[face_only])  # the face always
+        assert not region[:3].any() and not region[:, :3].any()  # the crop's edge stays context
+        grew.append(int(region.sum() - face_only.sum()))
+    assert sum(g > 100 for g in grew) >= 10 and len(set(grew)) > 10  # mostly a band past the face, of varying shape
+
+
+def test_the_renderer_region_is_the_one_definition():
+    skimage_data = pytest.importorskip("skimage.data")
+    from sdgan_stream.faceprep import _largest_yaw, box_ellipse_mask, prepare_faces, replaced_region
+    from sdgan_stream.landmarks import LandmarkDetector
+    from sdgan_stream.types import Face
+
+    face = Face(box=np.float32([181.5, 58.2, 269.9, 177.8]), score=0.9,
+                landmarks=np.float32([[203.2, 101.7], [247.0, 104.5], [223.3, 125.1], [203.4, 142.3], [241.3, 144.4]]))
+    (prepared,) = prepare_faces(skimage_data.astronaut(), [face], landmarker=LandmarkDetector())
+    again = replaced_region(prepared.labels, prepared.landmarks68_crop.astype(np.float64),
+                            yaw_deg=_largest_yaw(prepared.landmarks68.astype(np.float64), face),
+                            box_mask=box_ellipse_mask(face.box, prepared.matrix, prepared.size))
+    np.testing.assert_array_equal(again, prepared.region_mask)
+
+
 def _two_coloured_people() -> FaceSet:
     """Two 'people' whose whole crop is one flat colour: reddish and bluish."""
     lm = mean_face_landmarks(SIZE)

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from sdgan_stream.errors import InputError
-from sdgan_stream.faceprep import region_mask_from_labels
+from sdgan_stream.faceprep import box_ellipse_mask, replaced_region
 from sdgan_stream.models.identity import identity_code
 from sdgan_stream.semantic import CLASS_NAMES, class_id, rasterize_semantic_map
 
@@ -67,7 +67,9 @@ __all__ = [
     "Sampler",
     "ShareOfBatches",
     "batch_to_tensors",
+    "detector_like_box",
     "make_sampler",
+    "training_region",
 ]
 
 
@@ -87,6 +89,39 @@ class AugmentConfig:
     contrast: float = 0.15
     saturation: float = 0.2
     degrade_prob: float = 0.25  # downscale-upscale of the whole crop (video faces are often soft)
+
+
+# Where a face detector puts its box, relative to the 68 points' extent (jaw width; brow top to chin height):
+# CenterFace on the 21 training faces of the allow-list put the left edge at -0.02 (spread 0.14) widths,
+# the right at -0.03 (0.17), the top at -0.35 (0.13) heights above the brows, the bottom at -0.04 (0.15);
+# the turned faces make most of the spread, so training draws half of it around the mean. A tracker's
+# predicted box is widened for its uncertainty by up to ~30%.
+DETECTOR_BOX_MEAN = (-0.02, -0.03, -0.35, -0.04)  # x1, x2, y1, y2 offsets
+DETECTOR_BOX_SPREAD = 0.07
+DETECTOR_BOX_GROW = (1.0, 1.3)
+_CROP_SPACE = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+
+
+def detector_like_box(landmarks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A box (x1, y1, x2, y2) where a face detector, or a tracker's prediction, could put one around the face
+    of ``landmarks`` (68 points, crop pixels)."""
+    points = np.asarray(landmarks, np.float64)
+    left, right = points[:17, 0].min(), points[:17, 0].max()
+    top, bottom = points[17:27, 1].min(), points[8, 1]
+    width, height = right - left, bottom - top
+    dx1, dx2, dy1, dy2 = np.asarray(DETECTOR_BOX_MEAN) + rng.normal(0.0, DETECTOR_BOX_SPREAD, 4)
+    x1, x2, y1, y2 = left + dx1 * width, right + dx2 * width, top + dy1 * height, bottom + dy2 * height
+    grow = rng.uniform(*DETECTOR_BOX_GROW)
+    cx, cy, hw, hh = (x1 + x2) / 2, (y1 + y2) / 2, abs(x2 - x1) / 2 * grow, abs(y2 - y1) / 2 * grow
+    return np.array([cx - hw, cy - hh, cx + hw, cy + hh])
+
+
+def training_region(labels: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The region the renderer would replace on this face (:func:`sdgan_stream.faceprep.replaced_region`: the
+    map's face, a turned head's margin and a detector-like box's ellipse). Trained on the map's face alone, the
+    generator painted the rest, hair and background it had never been asked for, as a dark ring."""
+    box = box_ellipse_mask(detector_like_box(landmarks, rng), _CROP_SPACE, labels.shape[0])
+    return replaced_region(labels, landmarks, yaw_deg=None, box_mask=box)
 
 
 class Sampler(Protocol):
@@ -220,7 +255,7 @@ class IdentikitSampler:
         return {
             "target": target,
             "labels": labels,
-            "region": region_mask_from_labels(labels, landmarks),
+            "region": training_region(labels, landmarks, rng),
             "source": source,
             "positive": positive,
             "positive_labels": pos_labels,
@@ -292,7 +327,7 @@ class IdentitySampler:
         return {
             "target": image,
             "labels": labels,
-            "region": region_mask_from_labels(labels, landmarks),
+            "region": training_region(labels, landmarks, rng),
             "source": image,
             "positive": positive,
             "positive_labels": pos_labels,

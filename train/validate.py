@@ -28,10 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from sdgan_stream.faceprep import region_mask_from_labels
 from sdgan_stream.models.identity import identity_code
 
-from .dataset import batch_to_tensors
+from .dataset import batch_to_tensors, training_region
 from .shards import load_faceset
 
 log = logging.getLogger(__name__)
@@ -59,7 +58,9 @@ class Validator:
         self.crops = faces.crops[pick]
         self.labels = faces.labels[pick]
         self.landmarks = faces.landmarks[pick]
-        self.regions = np.stack([region_mask_from_labels(l, p) for l, p in zip(self.labels, self.landmarks)])
+        # the region inference replaces (map's face, turned-head margin, a detector-like box), fixed per face
+        self.regions = np.stack([training_region(l, p, np.random.default_rng(i))
+                                 for i, (l, p) in enumerate(zip(self.labels, self.landmarks))])
         self.codes = np.stack([identity_code(_CODE_SEED + i, code_dim) for i in range(len(pick))])
         self.batch = batch
         self.size = faces.size
