@@ -38,9 +38,9 @@ from sdgan_stream.samples import allow_list_photos, face_photos, render_scene  #
 from sdgan_stream.types import Face  # noqa: E402
 
 
-def _renderer(base: SdganRenderer, guard: IdentityGuard | None) -> SdganRenderer:
+def _renderer(base: SdganRenderer, guard: IdentityGuard | None, draws_per_frame: int = 0) -> SdganRenderer:
     return SdganRenderer(backend=base.backend, config=base.config, landmarker=base.landmarker,
-                         fallback=CoverRenderer(), batch_size=base.batch_size, guard=guard)
+                         fallback=CoverRenderer(), batch_size=base.batch_size, guard=guard, draws_per_frame=draws_per_frame)
 
 
 def _tiled_faces(count: int, width: int = 1280, height: int = 720) -> tuple[np.ndarray, list[Face]]:
@@ -78,32 +78,44 @@ def _counted_face_checks(recognizer: DlibRecognizer) -> dict[str, float]:
     return tally
 
 
-def measure_cost(base: SdganRenderer, counts: list[int], frames: int, recheck: int, candidates: int) -> list[dict]:
+def measure_cost(base: SdganRenderer, counts: list[int], frames: int, recheck: int, candidates: int,
+                 draws_per_frame: int = 0) -> list[dict]:
+    """Per face count: guard off, guard on, and with ``draws_per_frame`` guard on with that draw budget (a live
+    source's default is 1): ms per frame, the longest frame, and the first frame on which every face is served."""
     rows = []
     for count in counts:
         image, faces = _tiled_faces(count)
-        for guard_on in (False, True):
+        for guard_on, budget in ((False, 0), (True, 0), *([(True, draws_per_frame)] if draws_per_frame else [])):
             recognizer = DlibRecognizer()
             checks = _counted_face_checks(recognizer)
             guard = IdentityGuard(recognizer, GuardConfig(candidates=candidates, recheck_every=recheck)) if guard_on else None
-            renderer = _renderer(base, guard)
+            renderer = _renderer(base, guard, budget)
             times = []
             outcomes: dict[str, int] = {}
-            for _ in range(frames):
+            all_served = None
+            for index in range(frames):
                 canvas = image.copy()
                 start = time.perf_counter()
+                served = 0
                 for outcome in renderer.render(canvas, faces):
                     key = outcome.method if outcome.reason is None else f"{outcome.method}:{outcome.reason}"
                     outcomes[key] = outcomes.get(key, 0) + 1
+                    served += outcome.method == "sdgan"
                 times.append((time.perf_counter() - start) * 1000)
-            row = {"faces": len(faces), "guard": guard_on, "frames": frames, "ms_per_frame_mean": statistics.fmean(times),
-                   "ms_first_frame": times[0], "ms_per_frame_median": statistics.median(times), "outcomes": outcomes}
+                if all_served is None and served == len(faces):
+                    all_served = index
+            row = {"faces": len(faces), "guard": guard_on, "draws_per_frame": budget, "frames": frames,
+                   "ms_per_frame_mean": statistics.fmean(times), "ms_first_frame": times[0],
+                   "ms_per_frame_median": statistics.median(times), "ms_longest_frame": max(times),
+                   "first_frame_all_served": all_served, "outcomes": outcomes}
             if guard is not None:
                 row["guard_counts"] = dict(guard.counts)
                 row["face_checks"], row["face_check_detector_ms"] = int(checks["calls"]), round(checks["ms"], 1)
             rows.append(row)
-            print(f"{len(faces):2d} faces, guard {'on ' if guard_on else 'off'}: {row['ms_per_frame_mean']:8.1f} ms/frame mean, "
-                  f"{row['ms_first_frame']:8.1f} first, {row['ms_per_frame_median']:7.1f} median  {outcomes}"
+            print(f"{len(faces):2d} faces, guard {'on ' if guard_on else 'off'}{f' ({budget}/frame)' if budget else ''}: "
+                  f"{row['ms_per_frame_mean']:8.1f} ms/frame mean, {row['ms_first_frame']:8.1f} first, "
+                  f"{row['ms_longest_frame']:8.1f} longest, {row['ms_per_frame_median']:7.1f} median, all served from frame "
+                  f"{all_served}  {outcomes}"
                   + (f", {row['face_checks']} face checks" if guard is not None else ""), flush=True)
     return rows
 
@@ -228,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pick", default="farthest", choices=("farthest", "faithful"), help="the guard's pick rule")
     parser.add_argument("--min-distance", type=float, default=0.0,
                         help="with --photos: the guard's margin (0 = always keep the pick, to see every face's distance)")
+    parser.add_argument("--draws-per-frame", type=int, default=0,
+                        help="cost part: also guard on with this draw budget per frame (live sources: 1)")
     parser.add_argument("--skip-cost", action="store_true", help="only the distance part")
     parser.add_argument("--json", type=Path, default=None, help="write results here")
     args = parser.parse_args(argv)
@@ -237,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
                     "weights": args.weights or "package default", "backend": base.backend.name, "candidates": args.candidates,
                     "recheck": args.recheck}
     if not args.skip_cost:
-        result["cost"] = measure_cost(base, [int(v) for v in args.faces.split(",")], args.frames, args.recheck, args.candidates)
+        result["cost"] = measure_cost(base, [int(v) for v in args.faces.split(",")], args.frames, args.recheck, args.candidates,
+                                      args.draws_per_frame)
     if args.photos is not None:
         result["heldout"] = measure_distances(base, args.photos, args.candidates, args.montage, args.per_candidate,
                                               args.pick, args.min_distance)

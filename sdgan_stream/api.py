@@ -120,11 +120,19 @@ def _generator_counts(renderer: object) -> dict[str, int]:
             "generator_cached_maps": getattr(getattr(renderer, "backend", None), "map_cache_hits", 0)}
 
 
-def build_renderer(options: AnonymizeOptions) -> FaceRenderer:
+def guard_draws_per_frame(options: AnonymizeOptions, *, live: bool = False) -> int:
+    """New tracks' identity draws per frame (0: no limit): the option, or no limit for files and one for a
+    live source, where a draw's time (~0.4 s a face on a CPU) stalls the stream."""
+    if options.guard_draws_per_frame is not None:
+        return options.guard_draws_per_frame
+    return 1 if live else 0
+
+
+def build_renderer(options: AnonymizeOptions, *, live: bool = False) -> FaceRenderer:
     if options.method == "sdgan":
         from .render import SdganRenderer  # heavy imports (torch) only when the generator is used
 
-        return SdganRenderer.from_options(options)
+        return SdganRenderer.from_options(options, draws_per_frame=guard_draws_per_frame(options, live=live))
     return CoverRenderer(method=options.method, margin=options.cover_margin)
 
 

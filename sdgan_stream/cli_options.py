@@ -76,6 +76,9 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
                             f"original's landmarks best (default: {d.guard_pick})")
     guard.add_argument("--guard-recheck", type=int, default=unset, metavar="N",
                        help=f"frames between re-verifications of a track's identity (default: {d.guard_recheck})")
+    guard.add_argument("--guard-draws-per-frame", type=int, default=unset, metavar="N",
+                       help="new faces given an identity per frame (~0.4 s each on a CPU); the others stay covered until "
+                            "their turn; 0 = no limit (default: no limit for files, 1 for live sources)")
     # -- recall (issue 14): the detector's extra looks at each frame, and an alternative detector
     tile = "none" if d.tile_size is None else f"{d.tile_size[0]}x{d.tile_size[1]}"
     parser.add_argument("--tile-size", type=size_arg, default=unset, metavar="WxH",

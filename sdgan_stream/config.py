@@ -95,6 +95,10 @@ class AnonymizeOptions:
     min_identity_distance: float | None = None  # None: the recognizer's default margin (dlib 0.70)
     guard_recheck: int = 30  # frames between re-verifications of a track's identity
     guard_pick: str = "faithful"  # faithful (best landmarks past the margin) | farthest (largest distance)
+    # New tracks' identity draws (~0.4 s a face on a CPU) per frame; the others stay covered until their turn.
+    # None: no limit for files (the output is the same, only later), 1 for live sources (a crowd entering costs
+    # a few covered frames, not a long stall); 0: no limit.
+    guard_draws_per_frame: int | None = None
     keep_faces: str | None = None  # folder of photos of people left visible (matched strictly, fail-closed)
     # Pipeline (issue 16): analysis of frame N+1 (detect, track, look-back) on its own thread while
     # frame N is rendered; for files the output is the same bit for bit (tested). Measured on 2 cores
@@ -120,6 +124,8 @@ class AnonymizeOptions:
             raise ValueError(f"guard pick must be farthest or faithful, got {self.guard_pick!r}")
         if self.guard_candidates < 1 or self.guard_recheck < 1:
             raise ValueError("guard candidates and recheck interval must be at least 1")
+        if self.guard_draws_per_frame is not None and self.guard_draws_per_frame < 0:
+            raise ValueError(f"guard draws per frame must be >= 0 (0: no limit), got {self.guard_draws_per_frame}")
         if not 0.0 <= self.border <= 0.5:
             raise ValueError(f"border must be in [0, 0.5], got {self.border}")
         if self.rotation_every < 0:

@@ -523,7 +523,7 @@ def run_rtsp_filter(
             return LiveReport(seconds=time.monotonic() - started, interrupted=True)
         detector = detector or _build_live_detector(options)
         if renderer is None:
-            renderer = owned_renderer = build_renderer(options)
+            renderer = owned_renderer = build_renderer(options, live=True)
         anonymizer = build_anonymizer(options, info, live=True, detector=detector, renderer=renderer)
         publisher = RtspPublisher(
             output_url,
@@ -616,7 +616,7 @@ def run_live(
             return LiveReport(seconds=time.monotonic() - started, interrupted=stop.is_set())
         detector = detector or _build_live_detector(options)
         if renderer is None:
-            renderer = owned_renderer = build_renderer(options)
+            renderer = owned_renderer = build_renderer(options, live=True)
         anonymizer = build_anonymizer(options, info, live=True, detector=detector, renderer=renderer)
         if output is not None:
             if Path(output).exists() and Path(output).resolve() == Path(str(target.location)).resolve():

@@ -162,6 +162,7 @@ class SdganRenderer:
         landmark_jitter: float = DEFAULT_JITTER,
         frame_path: FramePath = "auto",
         guard: IdentityGuard | None = None,
+        draws_per_frame: int = 0,
         prepares_in_analysis: bool | None = None,
     ) -> None:
         if not 0.0 <= temporal_smoothing < 1.0:
@@ -201,6 +202,13 @@ class SdganRenderer:
         self.fallback = fallback
         self.batch_size = batch_size
         self.guard = guard
+        # The guard's identity draws per frame (0: no limit); faces past it are covered until their turn, those
+        # waiting longest first (track key -> the frame they started waiting; only this frame's waiting faces).
+        if draws_per_frame < 0:
+            raise ValueError(f"draws per frame must be >= 0 (0: no limit), got {draws_per_frame}")
+        self.draws_per_frame = draws_per_frame
+        self._frames_seen = 0
+        self._waiting: dict[int, int] = {}
         self.last_generated: list[tuple[PreparedFace, np.ndarray]] = []  # for `inspect`: crops of the last call
         self._reshaped_this_frame: dict[tuple[int, int], PreparedFace] = {}  # see _reshaped
         # (id, id) of two crops -> (the crops, their share): see _new_share
@@ -218,7 +226,7 @@ class SdganRenderer:
         self.prepares_in_analysis = on_gpu if prepares_in_analysis is None else prepares_in_analysis
 
     @classmethod
-    def from_options(cls, options: AnonymizeOptions) -> SdganRenderer:
+    def from_options(cls, options: AnonymizeOptions, *, draws_per_frame: int = 0) -> SdganRenderer:
         from .backends import create_backend
         from .landmarks import LandmarkDetector
         from .models.bundle import load_generator_bundle
@@ -255,6 +263,7 @@ class SdganRenderer:
             batch_size=options.batch_size,
             frame_path=options.frame_path,  # type: ignore[arg-type]
             guard=guard,
+            draws_per_frame=draws_per_frame,
         )
 
     def close(self) -> None:
@@ -278,6 +287,7 @@ class SdganRenderer:
         clone._pasted = {}
         clone.stabilizer = LandmarkStabilizer(jitter=self.stabilizer.jitter, floor=self.stabilizer.floor)
         clone.last_generated = []
+        clone._frames_seen, clone._waiting = 0, {}
         if self.guard is not None:
             from .identity_guard import IdentityGuard
 
@@ -315,7 +325,7 @@ class SdganRenderer:
         self._held = held
         if self.guard is not None:
             candidates, refused = self._guarded(image, candidates)
-            outcomes += [self._cover(image, face, "identity_guard") for face in refused]
+            outcomes += [self._cover(image, face, reason) for face, reason in refused]
         # The generator sees each face with its (guard-chosen) identity seed; outcomes name the faces as given.
         regions: dict[int, np.ndarray] = {}
         ready = [self._as_pasted(prepared, regions) for prepared in candidates]
@@ -353,9 +363,10 @@ class SdganRenderer:
         return [made[id(face)] for face in faces]
 
     # -- identity guard ---------------------------------------------------------------------------
-    def _guarded(self, image: np.ndarray, faces: list[PreparedFace]) -> tuple[list[PreparedFace], list[Face]]:
-        """The faces whose identity the guard verified (each carrying its chosen seed), and the faces it
-        refused. Any failure of the recognizer refuses the faces it was deciding (fail closed)."""
+    def _guarded(self, image: np.ndarray, faces: list[PreparedFace]) -> tuple[list[PreparedFace], list[tuple[Face, str]]]:
+        """The faces whose identity the guard verified (each carrying its chosen seed), and the faces to cover
+        with the reason: ``identity_guard`` (refused; any failure of the recognizer refuses the faces it was
+        deciding: fail closed) or ``identity_pending`` (its draw waits for a later frame, ``draws_per_frame``)."""
         guard = self.guard
         assert guard is not None
         keys = [p.face.track_id if p.face.track_id is not None else -1 - i for i, p in enumerate(faces)]  # untracked: one frame
@@ -397,6 +408,7 @@ class SdganRenderer:
                     kept.append(prepared)
                 else:  # the kept identity drifted towards the person: draw a new one now
                     to_draw.append((key, _with_seed(prepared, None)))
+        to_draw, waiting = self._within_draw_budget(to_draw)
         for key, prepared in to_draw:
             chosen = self._draw(key, prepared, image)
             if chosen is None:
@@ -405,7 +417,21 @@ class SdganRenderer:
                 kept.append(chosen)
         for key in range(-len(faces), 0):  # untracked faces have no tomorrow
             guard.forget(key)
-        return kept, refused
+        return kept, [(face, "identity_guard") for face in refused] + [(_original(p), "identity_pending") for p in waiting]
+
+    def _within_draw_budget(self, to_draw: list[tuple[int, PreparedFace]]) -> tuple[list[tuple[int, PreparedFace]], list[PreparedFace]]:
+        """The faces to draw an identity for this frame (all, or ``draws_per_frame`` of them, those waiting longest
+        first) and the faces that wait: a crowd entering a live stream costs a few covered frames, not one long
+        stall. A waiting face's guard state is untouched, so it asks for its draw again next frame."""
+        self._frames_seen += 1
+        budget = self.draws_per_frame
+        if not budget or len(to_draw) <= budget:
+            self._waiting = {}
+            return to_draw, []
+        by_wait = sorted(to_draw, key=lambda item: self._waiting.get(item[0], self._frames_seen))  # stable
+        now, later = by_wait[:budget], by_wait[budget:]
+        self._waiting = {key: self._waiting.get(key, self._frames_seen) for key, _ in later}
+        return now, [prepared for _, prepared in later]
 
     def _draw(self, key: int, prepared: PreparedFace, image: np.ndarray) -> PreparedFace | None:
         """Generate the guard's candidate identities for one face and keep the one it accepts, if any."""

@@ -433,7 +433,7 @@ def test_on_start_raising_leaves_no_output_open_and_closes_the_renderer(face_cli
         def close(self) -> None:
             closed.append(self.name)
 
-    monkeypatch.setattr("sdgan_stream.api.build_renderer", lambda options: Renderer(method="pixelate"))
+    monkeypatch.setattr("sdgan_stream.api.build_renderer", lambda options, **_: Renderer(method="pixelate"))
     out = tmp_path / "never.mp4"
 
     def on_start(_info: object) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -223,6 +224,47 @@ def _photo_face() -> tuple[np.ndarray, Face]:
     photo = face_photos()[0]
     found = CenterFaceDetector(threshold=0.4, detect_size=None).detect(photo.image)
     return photo.image.copy(), Face(box=found.boxes[0], score=0.9, landmarks=found.landmarks[0], track_id=1, identity_seed=5)
+
+
+def test_new_faces_past_the_draw_budget_stay_covered_until_their_turn(plain_renderer: SdganRenderer) -> None:
+    image, face = _photo_face()
+    faces = [dataclasses.replace(face, track_id=t) for t in (1, 2, 3)]
+    renderer = _renderer_with(plain_renderer, FakeRecognizer(), candidates=2, min_distance=0.05)
+    renderer.draws_per_frame = 1
+    draws, seen = [], []
+    for _ in range(4):
+        before = renderer.guard.counts["draws"]
+        outcomes = renderer.render(image.copy(), faces)
+        draws.append(renderer.guard.counts["draws"] - before)
+        seen.append([o.reason or o.method for o in outcomes])
+    assert draws == [1, 1, 1, 0]  # one draw a frame, never a face twice
+    for frame, reasons in enumerate(seen):  # every face each frame: served, or covered while it waits
+        assert sorted(reasons) == sorted(["sdgan"] * min(frame + 1, 3) + ["identity_pending"] * max(2 - frame, 0))
+    unlimited = _renderer_with(plain_renderer, FakeRecognizer(), candidates=2, min_distance=0.05)
+    assert [o.method for o in unlimited.render(image.copy(), faces)] == ["sdgan"] * 3
+
+
+def test_the_draw_budget_serves_the_longest_waiting_face_first(plain_renderer: SdganRenderer) -> None:
+    image, face = _photo_face()
+    renderer = _renderer_with(plain_renderer, FakeRecognizer(), candidates=2, min_distance=0.05)
+    renderer.draws_per_frame = 1
+    first = [dataclasses.replace(face, track_id=t) for t in (5, 6)]
+    renderer.render(image.copy(), first)  # 5 or 6 drawn, the other waits
+    waiting = next(iter(renderer._waiting))
+    newcomer = dataclasses.replace(face, track_id=1)
+    outcomes = renderer.render(image.copy(), [newcomer, *first])  # the newcomer is first in the frame, yet waits
+    served = {f.track_id for f, o in zip([newcomer, *first], outcomes) if o.method == "sdgan"}
+    assert served == {5, 6} and waiting not in renderer._waiting and list(renderer._waiting) == [1]
+
+
+def test_the_draw_budget_is_one_for_live_sources_and_none_for_files() -> None:
+    from sdgan_stream.api import guard_draws_per_frame
+
+    assert guard_draws_per_frame(AnonymizeOptions()) == 0 and guard_draws_per_frame(AnonymizeOptions(), live=True) == 1
+    assert guard_draws_per_frame(AnonymizeOptions(guard_draws_per_frame=3), live=True) == 3
+    assert guard_draws_per_frame(AnonymizeOptions(guard_draws_per_frame=0), live=True) == 0
+    with pytest.raises(ValueError, match="draws per frame"):
+        AnonymizeOptions(guard_draws_per_frame=-1)
 
 
 @pytest.mark.parametrize("recognizer", [FakeRecognizer(same=True), FakeRecognizer(fail=True)], ids=["no_candidate_passes", "recognizer_fails"])

@@ -404,7 +404,7 @@ def test_on_start_raising_closes_the_recording_the_source_and_the_renderer(tmp_p
         def close(self) -> None:
             closed.append(self.name)
 
-    monkeypatch.setattr("sdgan_stream.api.build_renderer", lambda options: Renderer(method="pixelate"))
+    monkeypatch.setattr("sdgan_stream.api.build_renderer", lambda options, **_: Renderer(method="pixelate"))
     before = set(threading.enumerate())
     out = tmp_path / "never.mp4"
 
