@@ -257,6 +257,19 @@ def test_the_draw_budget_serves_the_longest_waiting_face_first(plain_renderer: S
     assert served == {5, 6} and waiting not in renderer._waiting and list(renderer._waiting) == [1]
 
 
+def test_a_face_at_a_predicted_box_waits_for_a_detection_before_its_draw(plain_renderer: SdganRenderer) -> None:
+    image, face = _photo_face()
+    renderer = _renderer_with(plain_renderer, FakeRecognizer(), candidates=2, min_distance=0.05)
+    guessed = dataclasses.replace(face, source="predicted")
+    outcomes = renderer.render(image.copy(), [guessed])
+    assert [o.reason for o in outcomes] == ["identity_pending"] and renderer.guard.counts["draws"] == 0
+    assert [o.method for o in renderer.render(image.copy(), [face])] == ["sdgan"]  # detected: drawn
+    assert renderer.guard.counts["draws"] == 1
+    # a face that has its identity keeps it at a predicted box
+    assert [o.method for o in renderer.render(image.copy(), [guessed])] == ["sdgan"]
+    assert renderer.guard.counts["draws"] == 1
+
+
 def test_the_draw_budget_is_one_for_live_sources_and_none_for_files() -> None:
     from sdgan_stream.api import guard_draws_per_frame
 
