@@ -3,10 +3,11 @@
 The renderer replaces more than the map's face (:func:`sdgan_stream.faceprep.replaced_region`: a turned head's
 margin and the detector box's ellipse join it). A generator trained on the map's face alone never learned that
 band and painted it dark: a ring or hood around the face. For every face of the held-out split (people no
-generator here was trained on), with the detector's box as found and grown 1.3x (a tracker's widened box), this
-generates the face with each ``--weights`` bundle (identity seeds 1..``--codes``) and reports, over the band's
-pixels: the mean grey level painted there, the mean level of the surroundings there (a Gaussian-weighted mean of
-the pixels outside the region, :data:`SIGMA` of the crop side), and the mean absolute difference.
+generator here was trained on), with the detector's box as prepare-data recorded it and grown 1.3x (a
+tracker's widened box), this generates the face with each ``--weights`` bundle (identity seeds 1..``--codes``)
+and reports, over the band's pixels: the mean grey level painted there, the mean level of the surroundings there
+(a Gaussian-weighted mean of the pixels outside the region, :data:`SIGMA` of the crop side), and the mean
+absolute difference.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_band.py --photos runs/allow --weights package,runs/ft/bundle \\
         --json benchmarks/results/realism/band_s11.json
@@ -45,7 +46,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from sdgan_stream.backends import create_backend
-    from sdgan_stream.detect import CenterFaceDetector
     from sdgan_stream.faceprep import PreparedFace, prepare_faces, region_mask_from_labels
     from sdgan_stream.landmarks import LandmarkDetector
     from sdgan_stream.models.bundle import load_generator_bundle
@@ -54,18 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     from sdgan_stream.semantic import one_hot
     from sdgan_stream.types import Face
 
-    detector, landmarker = CenterFaceDetector(threshold=0.4, detect_size=None), LandmarkDetector()
+    landmarker = LandmarkDetector()
     faces: list[tuple[str, float, PreparedFace]] = []
     for photo in allow_list_photos(args.photos, one_per_person=False):
-        found = detector.detect(photo.image)
-        if not len(found):
-            continue
-        centre = (photo.face_box[:2] + photo.face_box[2:]) / 2
-        i = int(np.argmin([np.hypot(*((b[:2] + b[2:]) / 2 - centre)) for b in found.boxes]))
+        box = photo.face_box  # the detector's box, as prepare-data recorded it
         for grow in GROWS:
-            box = found.boxes[i]
             middle, half = (box[:2] + box[2:]) / 2, (box[2:] - box[:2]) / 2 * grow
-            face = Face(box=np.concatenate([middle - half, middle + half]).astype(np.float32), score=1.0, landmarks=found.landmarks[i])
+            face = Face(box=np.concatenate([middle - half, middle + half]).astype(np.float32), score=1.0)
             prepared = prepare_faces(photo.image, [face], landmarker=landmarker)[0]
             if isinstance(prepared, PreparedFace):
                 faces.append((photo.name, grow, prepared))

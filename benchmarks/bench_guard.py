@@ -86,9 +86,11 @@ def measure_cost(base: SdganRenderer, counts: list[int], frames: int, recheck: i
     for count in counts:
         image, faces = _tiled_faces(count)
         for guard_on, budget in ((False, 0), (True, 0), *([(True, draws_per_frame)] if draws_per_frame else [])):
-            recognizer = DlibRecognizer()
-            checks = _counted_face_checks(recognizer)
-            guard = IdentityGuard(recognizer, GuardConfig(candidates=candidates, recheck_every=recheck)) if guard_on else None
+            guard = checks = None
+            if guard_on:
+                recognizer = DlibRecognizer()
+                checks = _counted_face_checks(recognizer)
+                guard = IdentityGuard(recognizer, GuardConfig(candidates=candidates, recheck_every=recheck))
             renderer = _renderer(base, guard, budget)
             times = []
             outcomes: dict[str, int] = {}
