@@ -31,7 +31,7 @@ from sdgan_stream.types import Detections
 TEMPLATE = np.array([[0.32, 0.42], [0.68, 0.42], [0.5, 0.6], [0.36, 0.78], [0.64, 0.78]])
 
 
-def _scene(n: int, frames: int, rng: np.random.Generator, motion: str = "sway") -> np.ndarray:
+def scene(n: int, frames: int, rng: np.random.Generator, motion: str = "sway") -> np.ndarray:
     """True boxes (frames, n, 4) of n faces on a 1920x1080 canvas that never overlap.
 
     ``sway``: each face swings on its own sine path inside its grid cell (up to ~10 px per frame,
@@ -62,7 +62,7 @@ def _scene(n: int, frames: int, rng: np.random.Generator, motion: str = "sway") 
     return np.concatenate([centres - half, centres + half], axis=2)
 
 
-def _detections(true: np.ndarray, rng: np.random.Generator, *, miss: float, weak: float) -> Detections:
+def noisy_detections(true: np.ndarray, rng: np.random.Generator, *, miss: float, weak: float) -> Detections:
     """Noisy detections of the true boxes (n, 4): some missed, some weak (blurred)."""
     n = len(true)
     size = (true[:, 2:] - true[:, :2]).mean(1, keepdims=True)
@@ -77,8 +77,8 @@ def _detections(true: np.ndarray, rng: np.random.Generator, *, miss: float, weak
 
 def time_tracker(faces: int, frames: int, seed: int = 0) -> dict[str, float]:
     rng = np.random.default_rng(seed)
-    truth = _scene(faces, frames, rng, "walk")
-    inputs = [_detections(truth[t], rng, miss=0.1 if t else 0.0, weak=0.1 if t else 0.0) for t in range(frames)]
+    truth = scene(faces, frames, rng, "walk")
+    inputs = [noisy_detections(truth[t], rng, miss=0.1 if t else 0.0, weak=0.1 if t else 0.0) for t in range(frames)]
     tracker = FaceTracker(fps=25, high_threshold=0.5, low_threshold=0.15, seed=0)
     samples = []
     outputs = 0
@@ -171,7 +171,7 @@ def leak_rate(*, motion: str, faces: int = 20, frames: int = 300, seeds: range =
     for seed in seeds:
         rng = np.random.default_rng(seed)
         tracker = FaceTracker(fps=25, high_threshold=0.5, low_threshold=0.15, seed=0)
-        truth = _scene(faces, frames, rng, motion)
+        truth = scene(faces, frames, rng, motion)
         period = rng.integers(35, 60, faces)
         occlusion = rng.integers(1, tracker.max_age + 1, faces)
         phase0 = rng.integers(0, 6, faces)

@@ -95,7 +95,7 @@ def cover_whole_frame(image: np.ndarray) -> None:
 
 
 class Tracker(Protocol):
-    def update(self, detections: Detections) -> list[Face]: ...
+    def update(self, detections: Detections, *, seconds: float | None = None) -> list[Face]: ...
 
     def reset(self) -> None: ...
 
@@ -156,11 +156,12 @@ class FrameAnonymizer:
         self.stats: Counter[str] = Counter()
 
     # -- analysis -------------------------------------------------------------------------------
-    def analyse(self, image: np.ndarray) -> list[Face]:
-        """Faces to anonymize on one display-orientation image."""
+    def analyse(self, image: np.ndarray, seconds: float | None = None) -> list[Face]:
+        """Faces to anonymize on one display-orientation image shown at ``seconds`` on the stream's clock
+        (the tracker steps by the time that passed: a live filter sees only some of the frames)."""
         detections = self.detector.detect(image)
         if self.tracker is not None:
-            return self.tracker.update(detections)
+            return self.tracker.update(detections, seconds=seconds)
         keep = detections.select(detections.scores >= self.display_threshold)
         return [
             Face(box=keep.boxes[i], score=float(keep.scores[i]), landmarks=keep.landmarks[i], source="untracked")
@@ -173,7 +174,7 @@ class FrameAnonymizer:
         can run on another thread than :meth:`render` (the parallel pipeline)."""
         image = to_display(frame.image, self.rotation)
         try:
-            faces = self.analyse(image)
+            faces = self.analyse(image, frame.seconds)
             failed = False
             self._consecutive_failures = 0
         except Exception:  # any analysis failure: this frame is covered whole (fail closed)

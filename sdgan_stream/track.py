@@ -18,6 +18,15 @@ How it works, per frame (:meth:`FaceTracker.update`):
 5. A track that found no detection is reported at its predicted box, widened with the time since
    its last detection and with its Kalman uncertainty, for ``max_age`` frames; then it ends.
 
+Time runs on the stream's clock when the frames' times are given (``update(..., seconds=t)``): a live
+filter slower than its source sees only some frames (the newest one each time), and one update then
+stands for all the frames in between. Prediction, age, widening and the landmark filter step by the
+frames that passed (at the nominal ``fps``), not by one. Counting updates as frames made a face that
+moved between two processed frames a new person: with every 15th frame of a 4-person clip, 20 tracks
+and up to 18 covered boxes a frame (``benchmarks/bench_sparse_frames.py``). A track still coasts through
+at least ``min_coasts`` updates, whatever the time, so one missed detection on a sparse stream leaves
+the face covered.
+
 Each track has an identity seed (selects the generated identity) derived from a per-tracker random
 base and the track id; the ``track_id -> seed`` map is pruned when tracks end. Landmarks are smoothed
 with a One Euro filter so that the aligned face crop does not jitter.
@@ -67,6 +76,9 @@ STD_ASPECT_MEASURED = 1e-1
 STD_ASPECT_VELOCITY = 1e-3
 INITIAL_STD_VELOCITY = 0.5  # of the scale: a new face may already be moving fast; learn it in ~2 frames
 INITIAL_STD_SCALE_VELOCITY = 0.05  # of the scale: sizes change slowly; two noisy boxes must not set a trend
+# Centre matching reaches past the gate by the track's uncertainty, but at most this many scales per
+# update; an update standing for k frames (sparse frames) reaches sqrt(k) times as far, as a random walk.
+MAX_SIGMA_GATE = 0.5
 
 # Five-point landmark template inside a box (fractions of width/height), used when a detection
 # comes without usable landmarks.
@@ -202,14 +214,19 @@ class KalmanBoxBank:
         self.x, self.P, self.last_z = self.x[index], self.P[index], self.last_z[index]
 
     # -- filter steps -----------------------------------------------------------------------------
-    def predict(self) -> None:
-        """One frame ahead for every row; scale and aspect are kept in a valid range."""
-        if not len(self):
-            return
-        q = self.process_noise(self.x[:, 2])
-        self.x = self.x @ self.F.T
-        self.P = self.F @ self.P @ self.F.T + q
-        self._guard()
+    def predict(self, frames: int = 1) -> None:
+        """``frames`` frames ahead for every row; scale and aspect are kept in a valid range.
+
+        The uncertainty grows frame by frame, as if each frame had been seen without a detection, but
+        the state moves with its velocity for the first frame only: over a longer gap (a live filter
+        that saw every 15th frame) heads sway and turn back, and extrapolating the last velocity put the
+        prediction farther from the face than where it was (``bench_sparse_frames.py``)."""
+        for step in range(frames if len(self) else 0):
+            q = self.process_noise(self.x[:, 2])
+            if step == 0:
+                self.x = self.x @ self.F.T
+            self.P = self.F @ self.P @ self.F.T + q
+            self._guard()
 
     def update(self, rows: np.ndarray, z: np.ndarray) -> None:
         """Correct rows ``rows`` with measurements ``z`` (len(rows), 4)."""
@@ -361,7 +378,7 @@ def match_by_centre(
     centre_gate: float = 0.6,
     max_size_ratio: float = 1.4,
     n_sigma: float = 2.0,
-    max_sigma_gate: float = 0.5,
+    max_sigma_gate: float = MAX_SIGMA_GATE,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Hungarian matching on centre distance, for small or fast faces whose IoU with the prediction is ~0.
 
@@ -458,6 +475,7 @@ class FaceTracker:
         fps: frame rate of the stream (time base of landmark smoothing; sets the default ``max_age``).
         max_age: frames a track stays covered at its predicted box without a detection;
             ``None`` = about half a second (``round(0.5 * fps)``).
+        min_coasts: ... but at least this many updates (sparse frames: see the module docstring).
         high_threshold: detections at or above this score are shown (covered) and may start tracks.
         low_threshold: weaker detections down to this score only keep existing tracks alive.
         seed: fixes the identity seeds (tests, reproducible demos); ``None`` draws a fresh random
@@ -489,6 +507,7 @@ class FaceTracker:
         *,
         fps: float = 25.0,
         max_age: int | None = None,
+        min_coasts: int = 2,
         high_threshold: float = 0.5,
         low_threshold: float = 0.1,
         seed: int | None = None,
@@ -511,8 +530,12 @@ class FaceTracker:
             max_age = max(1, round(0.5 * fps))
         if max_age < 0:
             raise ValueError(f"max_age must be >= 0, got {max_age}")
+        if min_coasts < 0:
+            raise ValueError(f"min_coasts must be >= 0, got {min_coasts}")
         self.fps = float(fps)
         self.max_age = int(max_age)
+        # Never more coasting updates than frames of age: on a stream seen whole, max_age alone decides.
+        self.min_coasts = min(int(min_coasts), self.max_age)
         self.high_threshold = float(high_threshold)
         self.low_threshold = float(low_threshold)
         self.seed = seed
@@ -530,6 +553,7 @@ class FaceTracker:
     def reset(self) -> None:
         """Forget everything (a new stream): ids restart at 1, a new identity base unless seeded."""
         self._next_id = 1
+        self._last_seconds: float | None = None
         self._entropy = np.random.SeedSequence(self.seed).entropy
         self._seeds: dict[int, int] = {}  # track_id -> identity seed, live tracks only
         self._kalman = KalmanBoxBank()
@@ -537,6 +561,7 @@ class FaceTracker:
         # Per-track columns, one row per live track, aligned with the Kalman bank's rows.
         self._ids = np.zeros(0, np.int64)
         self._misses = np.zeros(0, np.int64)  # frames since the last detection
+        self._coasts = np.zeros(0, np.int64)  # updates since the last detection
         self._score = np.zeros(0)  # score of the last detection
         self._last_wh = np.zeros((0, 2))  # size of the last detection box
         self._landmarks_rel = np.zeros((0, 5, 2))  # smoothed landmarks relative to the last box
@@ -556,8 +581,19 @@ class FaceTracker:
         state = np.random.SeedSequence(self._entropy, spawn_key=(int(track_id),)).generate_state(1)
         return int(state[0] & 0x7FFFFFFF)
 
-    def update(self, detections: Detections) -> list[Face]:
-        """All faces to cover on this frame (see the module docstring for the steps).
+    def _advance_clock(self, seconds: float | None) -> int:
+        """Move the tracker's clock to ``seconds``; returns how many frames of the stream this update stands
+        for: the time since the last update at ``fps``, at least 1 (no time, a first frame, a clock going
+        back) and at most ``fps`` (a second: past that a constant-velocity prediction is worth little, and
+        a track without a detection that long has outlived the default ``max_age``)."""
+        last, self._last_seconds = self._last_seconds, seconds
+        if seconds is None or last is None or not math.isfinite(seconds - last):
+            return 1
+        return int(min(max(round((seconds - last) * self.fps), 1), max(round(self.fps), 1)))
+
+    def update(self, detections: Detections, *, seconds: float | None = None) -> list[Face]:
+        """All faces to cover on this frame (see the module docstring for the steps); ``seconds``: the
+        frame's time on the stream's clock (without it, each update is the next frame).
 
         Matched tracks come out as ``source='detected'`` at the detection box (a weak detection's box
         is joined with the prediction, padded by ``n_sigma`` of its uncertainty) with smoothed
@@ -567,14 +603,15 @@ class FaceTracker:
         """
         det = _clean(detections)
         n_tracks = len(self._ids)
-        self._kalman.predict()
+        frames = self._advance_clock(seconds)
+        self._kalman.predict(frames)
         predicted = self._kalman.boxes()
         sigma = self._kalman.edge_sigma()
 
         high = np.flatnonzero(det.scores >= self.high_threshold)
         low = np.flatnonzero((det.scores >= self.low_threshold) & (det.scores < self.high_threshold))
 
-        rows, dets, weak = self._associate(predicted, sigma, det.boxes, high, low)
+        rows, dets, weak = self._associate(predicted, sigma, det.boxes, high, low, frames)
         out_boxes = det.boxes[dets].copy()
         if weak.any():  # a blurred/half-hidden face's box may be partial: join the prediction and its uncertainty
             pad = self.n_sigma * np.tile(sigma[rows[weak]], 2) * [-1, -1, 1, 1]
@@ -582,9 +619,10 @@ class FaceTracker:
             wb = out_boxes[weak]
             out_boxes[weak] = np.concatenate([np.minimum(pb[:, :2], wb[:, :2]), np.maximum(pb[:, 2:], wb[:, 2:])], 1)
 
-        self._update_matched(rows, dets, det)
+        self._update_matched(rows, dets, det, frames)
         unmatched_rows = _complement(rows, n_tracks)
-        self._misses[unmatched_rows] += 1
+        self._misses[unmatched_rows] += frames
+        self._coasts[unmatched_rows] += 1
 
         confident = ~weak
         unmatched_high = high[~np.isin(high, dets, assume_unique=True)] if len(dets) else high
@@ -594,7 +632,7 @@ class FaceTracker:
         faces = self._faces(shown, np.concatenate([out_boxes, det.boxes[born]]),
                             np.concatenate([det.scores[dets], det.scores[born]]),
                             self._landmarks.value[shown].reshape(-1, 5, 2), "detected")
-        alive = unmatched_rows[self._misses[unmatched_rows] <= self.max_age]
+        alive = unmatched_rows[~self._ended(unmatched_rows)]
         boxes, landmarks = self._predicted_boxes(alive, predicted, sigma)
         faces |= self._faces(alive, boxes, self._score[alive], landmarks, "predicted")
         self._prune()
@@ -602,7 +640,8 @@ class FaceTracker:
 
     # -- steps ------------------------------------------------------------------------------------
     def _associate(
-        self, predicted: np.ndarray, sigma: np.ndarray, boxes: np.ndarray, high: np.ndarray, low: np.ndarray
+        self, predicted: np.ndarray, sigma: np.ndarray, boxes: np.ndarray, high: np.ndarray, low: np.ndarray,
+        frames: int = 1,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Match tracks to detections; returns track rows, detection indices and a weak-match flag.
 
@@ -623,7 +662,8 @@ class FaceTracker:
                 r, c = match_by_iou(predicted[free_tracks], boxes[candidates], iou_threshold=self.iou_threshold)
             else:
                 r, c = match_by_centre(predicted[free_tracks], boxes[candidates], track_sigma=sigma[free_tracks],
-                                       centre_gate=gate, n_sigma=self.n_sigma)
+                                       centre_gate=gate, n_sigma=self.n_sigma,
+                                       max_sigma_gate=MAX_SIGMA_GATE * math.sqrt(frames))
             rows.append(free_tracks[r])
             dets.append(candidates[c])
             weak.append(np.full(len(r), is_weak))
@@ -633,16 +673,17 @@ class FaceTracker:
             return np.zeros(0, np.intp), np.zeros(0, np.intp), np.zeros(0, bool)
         return np.concatenate(rows).astype(np.intp), np.concatenate(dets).astype(np.intp), np.concatenate(weak)
 
-    def _update_matched(self, rows: np.ndarray, dets: np.ndarray, det: _Clean) -> None:
-        """Kalman and landmark filters of matched tracks take their detections."""
+    def _update_matched(self, rows: np.ndarray, dets: np.ndarray, det: _Clean, frames: int) -> None:
+        """Kalman and landmark filters of matched tracks take their detections (``frames`` after the last update)."""
         if not len(rows):
             return
         boxes = det.boxes[dets]
         self._kalman.update(rows, boxes_to_measurements(boxes))
-        dt = (self._misses[rows] + 1) / self.fps
+        dt = (self._misses[rows] + frames) / self.fps
         raw = det.landmarks[dets].reshape(len(rows), 10)
         smooth = self._landmarks(rows, raw, dt, _scales(boxes)).reshape(-1, 5, 2)
         self._misses[rows] = 0
+        self._coasts[rows] = 0
         self._score[rows] = det.scores[dets]
         wh = np.maximum(boxes[:, 2:] - boxes[:, :2], MIN_SIZE)
         self._last_wh[rows] = wh
@@ -689,6 +730,7 @@ class FaceTracker:
         centre = (boxes[:, :2] + boxes[:, 2:]) / 2
         self._ids = np.concatenate([self._ids, ids])
         self._misses = np.concatenate([self._misses, np.zeros(n, np.int64)])
+        self._coasts = np.concatenate([self._coasts, np.zeros(n, np.int64)])
         self._score = np.concatenate([self._score, det.scores[idx]])
         self._last_wh = np.concatenate([self._last_wh, wh])
         relative = (det.landmarks[idx] - centre[:, None]) / wh[:, None]
@@ -711,9 +753,14 @@ class FaceTracker:
         half = np.minimum(half, wh / 2 * max(self.max_widen, 1.0))
         return np.concatenate([centre - half, centre + half], axis=1), landmarks
 
+    def _ended(self, rows: np.ndarray | slice) -> np.ndarray:
+        """Whether these tracks are over: without a detection for more than ``max_age`` frames and more
+        than ``min_coasts`` updates."""
+        return (self._misses[rows] > self.max_age) & (self._coasts[rows] > self.min_coasts)
+
     def _prune(self) -> None:
-        """End tracks that have been without a detection for more than ``max_age`` frames."""
-        dead = self._misses > self.max_age
+        """End the tracks that are over (:meth:`_ended`)."""
+        dead = self._ended(slice(None))
         if not dead.any():
             return
         for tid in self._ids[dead].tolist():
@@ -722,6 +769,7 @@ class FaceTracker:
         self._kalman.select(keep)
         self._landmarks.select(keep)
         self._ids, self._misses, self._score = self._ids[keep], self._misses[keep], self._score[keep]
+        self._coasts = self._coasts[keep]
         self._last_wh, self._landmarks_rel = self._last_wh[keep], self._landmarks_rel[keep]
 
     # -- faces ------------------------------------------------------------------------------------

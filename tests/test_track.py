@@ -410,3 +410,82 @@ def test_non_finite_input_is_contained() -> None:
     assert len(faces) == 1 and np.array_equal(faces[0].box, boxes[1])
     assert np.isfinite(faces[0].landmarks).all()
     assert all(np.isfinite(f.box).all() for f in tracker.update(Detections.empty()))
+
+
+# -- sparse frames: the stream's clock -------------------------------------------------------------
+def swaying(t: int) -> np.ndarray:
+    """A 60 px face swinging on a sine path (period 2 s at 25 fps): up to ~1.6 face sizes in 15 frames."""
+    return square(320 + 60 * np.sin(2 * np.pi * t / 50), 200 + 12 * np.cos(2 * np.pi * t / 50), 60)
+
+
+@pytest.mark.parametrize("every", [10, 15, 20])
+def test_sparse_frames_on_the_clock_keep_one_track(every: int) -> None:
+    """A live filter seeing every k-th frame: with the frames' times the face stays one track and is
+    covered on every frame; counted as consecutive frames, the same frames made it a new person."""
+    on_clock, counted = FaceTracker(fps=25, seed=0), FaceTracker(fps=25, seed=0)
+    ids_on_clock, ids_counted = set(), set()
+    for t in range(0, 250, every):
+        true = swaying(t)
+        faces = on_clock.update(dets([true]), seconds=t / 25)
+        assert covered_fraction(true, faces) >= 0.95 and len(faces) == 1, (t, faces)
+        ids_on_clock |= {f.track_id for f in faces}
+        ids_counted |= {f.track_id for f in counted.update(dets([true]))}
+    assert ids_on_clock == {1}
+    assert len(ids_counted) > 1  # the failure the clock removes (if this changes, the scene no longer tests it)
+
+
+def test_dense_frames_on_the_clock_change_nothing() -> None:
+    """Frames one frame apart: times given or not, the same faces (files keep their behaviour)."""
+    rng = np.random.default_rng(5)
+    plain, timed = FaceTracker(fps=25, seed=0), FaceTracker(fps=25, seed=0)
+    for t in range(120):
+        boxes = [swaying(t) + rng.normal(0, 1.5, 4), square(100 + 3 * t, 300, 40) + rng.normal(0, 1, 4)]
+        keep = rng.random(2) > 0.2
+        detections = dets(np.array(boxes)[keep])
+        a, b = plain.update(detections), timed.update(detections, seconds=100.0 + t / 25 + rng.normal(0, 0.004))
+        assert [(f.track_id, f.source) for f in a] == [(f.track_id, f.source) for f in b]
+        np.testing.assert_allclose([f.box for f in a], [f.box for f in b], atol=1e-4)
+
+
+def test_a_track_ages_on_the_clock_but_coasts_through_min_coasts_updates() -> None:
+    tracker = FaceTracker(fps=25, seed=0)  # max_age 12 frames, min_coasts 2
+    tracker.update(dets([square(100, 100, 50)]), seconds=0.0)
+    # updates 0.6 s (15 frames) apart: each is past max_age, yet the face stays covered for two of them
+    counts = [len(tracker.update(Detections.empty(), seconds=0.6 * (i + 1))) for i in range(4)]
+    assert counts == [1, 1, 0, 0]
+    faces = FaceTracker(fps=25, seed=0)
+    faces.update(dets([square(100, 100, 50)]), seconds=0.0)
+    first_miss = faces.update(Detections.empty(), seconds=0.6)
+    assert first_miss[0].source == "predicted" and first_miss[0].extra["frames_since_detection"] == 15
+
+
+def test_clock_gaps_and_jumps_are_bounded() -> None:
+    """No time, a clock going back or a long stall: each update stands for 1 to fps frames."""
+    tracker = FaceTracker(fps=25, seed=0)
+    assert [tracker._advance_clock(t) for t in (None, 1.0, 1.04, 0.5, 0.5, 100.0, float("nan"), 101.0)] == \
+        [1, 1, 1, 1, 1, 25, 1, 1]
+
+
+def test_the_anonymizer_gives_the_tracker_each_frame_time() -> None:
+    from fractions import Fraction
+
+    from sdgan_stream.anonymize import CoverRenderer, FrameAnonymizer
+    from sdgan_stream.types import VideoFrame
+
+    class Blind:
+        def detect(self, image: np.ndarray) -> Detections:
+            return Detections.empty()
+
+    class Recording(FaceTracker):
+        seen: list[float | None] = []
+
+        def update(self, detections: Detections, *, seconds: float | None = None) -> list[Face]:
+            self.seen.append(seconds)
+            return super().update(detections, seconds=seconds)
+
+    tracker = Recording(fps=25, seed=0)
+    anonymizer = FrameAnonymizer(detector=Blind(), renderer=CoverRenderer(method="solid"), tracker=tracker)  # type: ignore[arg-type]
+    image = np.zeros((32, 32, 3), np.uint8)
+    anonymizer.analyse_frame(VideoFrame(image=image, index=0, pts=30, time_base=Fraction(1, 50)))
+    anonymizer.analyse_frame(VideoFrame(image=image, index=1, pts=None, time_base=None))
+    assert tracker.seen == [0.6, None]
