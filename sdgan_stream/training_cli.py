@@ -93,6 +93,11 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--init-from", metavar="CHECKPOINT", default=None,
                    help="fine-tune: start a new run from the networks of a checkpoint or run folder, or from an exported "
                         "generator bundle (step 0, fresh optimizers)")
+    p.add_argument("--teacher", metavar="CHECKPOINT", default=None,
+                   help="a frozen generator (bundle, run or checkpoint folder, of the trained generator's shape) whose faces "
+                        "the run keeps inside the map's face, while it learns the rest: teaches a trained generator the "
+                        "renderer's replaced region without changing its faces (with --init-from the same generator)")
+    p.add_argument("--lambda-teacher", type=float, default=20.0, help="weight of the teacher's L1 inside the map's face")
     p.add_argument("--donors", default="others", choices=("others", "any"),
                    help="identikit sampling: take face regions only from other people than the source (default), or from any photo")
     p.add_argument("--export", metavar="PATH", default=None,
@@ -254,6 +259,7 @@ def _train_config(args: argparse.Namespace) -> Any:
         lr_e=args.lr, ndf=args.ndf, encoder_width=args.encoder_width, vgg19_weights=args.vgg19_weights,
         precision=args.precision or ("fp16" if args.amp else "fp32"), ema_decay=args.ema_decay, maps=args.maps,
         sample_every=args.sample_every, checkpoint_every=args.checkpoint_every, log_every=args.log_every, generator=generator,
+        teacher=str(Path(args.teacher).resolve()) if args.teacher else None, lambda_teacher=args.lambda_teacher,
     )
 
 

@@ -282,6 +282,49 @@ def test_a_run_can_start_from_another_runs_networks(tmp_path):
         tuned.init_from(tmp_path / "nowhere")
 
 
+def test_batches_give_a_teacher_the_map_face_alone_blanked():
+    faces = _tiny_faceset(3)
+    for sampler in (IdentikitSampler(faces, code_dim=16, seed=0), IdentitySampler(faces, code_dim=16, seed=0)):
+        t = batch_to_tensors(sampler.batch(0, 4))
+        face, region = t["map_region"] > 0, t["region"] > 0
+        assert face.any() and torch.all(region[face])  # the student's region holds the map's face ...
+        band = (region & ~face).expand_as(t["target"])
+        assert band.any()  # ... and a band past it, which the teacher sees as the picture
+        assert torch.equal(t["teacher_masked"][band], t["target"][band]) and not t["masked"][band].any()
+        assert not t["teacher_masked"][face.expand_as(t["target"])].any()
+
+
+def test_a_teacher_keeps_the_faces_it_made_and_stays_frozen(tmp_path):
+    """Fine-tuning with a teacher: its L1 inside the map's face is logged and pulls the student's faces toward
+    the teacher's (farther than the same run without it), the teacher itself never changes, and a bad
+    teacher path fails before any step."""
+    faces = _tiny_faceset(3)
+    base = Trainer(data_dir=tmp_path, run_dir=tmp_path / "base", config=_config(steps=2), faces=faces)
+    base.train()
+    base.save_checkpoint()
+    common = dict(steps=12, batch=4, lr_g=2e-3, lambda_l1=0.0, lambda_vgg=0.0, lambda_fm=0.0, lambda_identity=0.0)
+    runs = {}
+    for name, teacher in (("taught", str(tmp_path / "base")), ("alone", None)):
+        trainer = Trainer(data_dir=tmp_path, run_dir=tmp_path / name, config=_config(**common, teacher=teacher, lambda_teacher=50.0),
+                          faces=faces)
+        trainer.init_from(tmp_path / "base")
+        frozen = {k: v.clone() for k, v in trainer.teacher.state_dict().items()} if trainer.teacher is not None else {}
+        losses = [trainer.train_step(trainer.batch(step)) for step in range(12)]
+        batch = trainer.batch(100)
+        with torch.no_grad():
+            taught = base.generator(batch["teacher_masked"], batch["semantic"], batch["code"])
+            made = trainer.generator(batch["masked"], batch["semantic"], batch["code"])
+        runs[name] = float(((made - taught).abs() * batch["map_region"]).sum() / batch["map_region"].sum() / 3)
+        if teacher:
+            assert losses[0]["g_teacher"] > 0
+            assert all(torch.equal(v, trainer.teacher.state_dict()[k]) for k, v in frozen.items())
+        else:
+            assert trainer.teacher is None and all(step["g_teacher"] == 0 for step in losses)
+    assert runs["taught"] < runs["alone"], runs
+    with pytest.raises(WeightsError, match="use as the teacher"):
+        Trainer(data_dir=tmp_path, run_dir=tmp_path / "x", config=_config(teacher=str(tmp_path / "nowhere")), faces=faces)
+
+
 def test_export_load_parity_and_samples(tmp_path):
     faces = _tiny_faceset(2)
     trainer = Trainer(data_dir=tmp_path, run_dir=tmp_path / "run",

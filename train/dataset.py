@@ -27,6 +27,7 @@ A batch is a dict of numpy arrays (N = batch size, S = crop size):
 ``target``         (N, S, S, 3) uint8  the image the generator should produce (the source when unpaired)
 ``labels``         (N, S, S) uint8     semantic map of target/source geometry
 ``region``         (N, S, S) float32   the region the generator replaces
+``map_region``     (N, S, S) float32   the map's face alone (``region`` before the renderer's safety band)
 ``source``         (N, S, S, 3) uint8  the original person on this geometry (identity to move away from)
 ``positive``       (N, S, S, 3) uint8  another picture of the target identity (identity to move toward)
 ``positive_labels``(N, S, S) uint8
@@ -47,7 +48,7 @@ import numpy as np
 import torch
 
 from sdgan_stream.errors import InputError
-from sdgan_stream.faceprep import box_ellipse_mask, replaced_region
+from sdgan_stream.faceprep import box_ellipse_mask, region_mask_from_labels, replaced_region
 from sdgan_stream.models.identity import identity_code
 from sdgan_stream.semantic import CLASS_NAMES, class_id, rasterize_semantic_map
 
@@ -256,6 +257,7 @@ class IdentikitSampler:
             "target": target,
             "labels": labels,
             "region": training_region(labels, landmarks, rng),
+            "map_region": region_mask_from_labels(labels, landmarks),
             "source": source,
             "positive": positive,
             "positive_labels": pos_labels,
@@ -328,6 +330,7 @@ class IdentitySampler:
             "target": image,
             "labels": labels,
             "region": training_region(labels, landmarks, rng),
+            "map_region": region_mask_from_labels(labels, landmarks),
             "source": image,
             "positive": positive,
             "positive_labels": pos_labels,
@@ -429,7 +432,7 @@ def batch_to_tensors(batch: dict[str, np.ndarray], device: torch.device | str = 
     device = torch.device(device)
     target = _to_unit(batch["target"], device)
     region = torch.from_numpy(batch["region"]).to(device)[:, None]
-    return {
+    tensors = {
         "target": target,
         "masked": target * (1 - region),
         "semantic": _one_hot(batch["labels"], device),
@@ -442,3 +445,8 @@ def batch_to_tensors(batch: dict[str, np.ndarray], device: torch.device | str = 
         "paired": torch.from_numpy(batch["paired"]).to(device).float(),
         "same_source": torch.from_numpy(batch["same_source"]).to(device).float(),
     }
+    if "map_region" in batch:  # the samplers' batches have it (a teacher's input); hand-made ones may not
+        map_region = torch.from_numpy(batch["map_region"]).to(device)[:, None]
+        tensors["map_region"] = map_region
+        tensors["teacher_masked"] = target * (1 - map_region)  # what a generator trained on the map's face alone saw
+    return tensors

@@ -78,7 +78,7 @@ __all__ = ["PRECISIONS", "TrainConfig", "Trainer", "export_run", "plot_losses"]
 
 _SAMPLE_STEP = 2**40  # the fixed sample batch: a step index no run reaches
 LOSS_FIELDS = (
-    "g_total", "g_gan", "g_quality", "g_fm", "g_vgg", "g_l1_face", "g_l1_context", "g_identity",
+    "g_total", "g_gan", "g_quality", "g_fm", "g_vgg", "g_l1_face", "g_l1_context", "g_identity", "g_teacher",
     "d_patch", "d_quality", "e_contrastive",
 )
 LOG_FIELDS = ("step", "seconds", *LOSS_FIELDS, "images_per_s", "processes")
@@ -107,6 +107,11 @@ class TrainConfig:
     lambda_context: float = 10.0
     lambda_identity: float = 1.0
     identity_margin: float = 1.0
+    # A frozen teacher generator (a bundle, run or checkpoint folder): inside the map's face the student is
+    # pulled toward the teacher's face, made from the teacher's own input (only the map's face blanked);
+    # elsewhere it learns as usual. Teaches a new region to a trained generator without changing its faces.
+    teacher: str | None = None
+    lambda_teacher: float = 20.0
     ndf: int = 32
     num_scales: int = 2
     encoder_width: int = 32
@@ -151,6 +156,30 @@ def _checkpoint_errors() -> tuple[type[BaseException], ...]:
 
 
 _CHECKPOINT_ERRORS = _checkpoint_errors()  # what a missing, truncated or foreign checkpoint raises
+
+
+def _networks_folder(path: str | Path) -> Path:
+    """The folder holding a run's networks: ``path`` itself (a checkpoint folder or an exported bundle), or a
+    run folder's latest checkpoint."""
+    path = Path(path)
+    latest = path / "checkpoints" / "latest.json"
+    if latest.is_file():
+        try:
+            return path / "checkpoints" / json.loads(latest.read_text())["dir"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise WeightsError(f"cannot read {latest}: {exc}") from exc
+    return path
+
+
+def _load_network(folder: Path, name: str, module: torch.nn.Module, device: torch.device, *, purpose: str) -> None:
+    """``module`` takes the weights of ``folder/<name>.safetensors`` (copied into its own dtype: a bundle
+    stores float16); a missing, truncated or mismatched file is a WeightsError naming ``purpose``."""
+    from safetensors.torch import load_file
+
+    try:
+        module.load_state_dict(load_file(str(folder / f"{name}.safetensors"), device=str(device)))
+    except _CHECKPOINT_ERRORS as exc:
+        raise WeightsError(f"cannot {purpose} {folder}: {exc}") from exc
 
 
 def _flatten_optimizer(optimizer: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -237,6 +266,7 @@ class Trainer:
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=config.lr_d, betas=betas)
         self.opt_e = torch.optim.Adam(self.encoder.parameters(), lr=config.lr_e, betas=betas)
         self.vgg = VGG19Features(config.vgg19_weights).to(self.device) if config.vgg19_weights else None
+        self.teacher = self._load_teacher(config.teacher) if config.teacher else None
         self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.precision]
         if self.autocast_dtype is torch.float16 and self.device.type != "cuda":
             log.warning("float16 training needs a CUDA device; training in float32 on %s (bf16 works on CPU)", self.device)
@@ -319,24 +349,24 @@ class Trainer:
         """Start this run from another run's networks (fine-tuning): weights only, at step 0, with fresh
         optimizers. ``path`` is a checkpoint folder, a run folder (its latest checkpoint), or an exported
         generator bundle (``generator.safetensors`` alone: discriminator and encoder start fresh)."""
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        try:
-            if (path / "checkpoints" / "latest.json").is_file():
-                path = path / "checkpoints" / json.loads((path / "checkpoints" / "latest.json").read_text())["dir"]
-            networks = [("generator", self.generator), ("discriminator", self.discriminator), ("identity_encoder", self.encoder)]
-            if not (path / "discriminator.safetensors").exists():
-                log.info("%s holds a generator only: discriminator and identity encoder start fresh", path)
-                networks = networks[:1]
-            for name, module in networks:
-                # load_state_dict copies into the module's own dtype (a bundle stores float16)
-                module.load_state_dict(load_file(str(path / f"{name}.safetensors"), device=str(self.device)))
-        except _CHECKPOINT_ERRORS as exc:
-            raise WeightsError(f"cannot start from {path}: {exc}") from exc
+        path = _networks_folder(path)
+        networks = [("generator", self.generator), ("discriminator", self.discriminator), ("identity_encoder", self.encoder)]
+        if not (path / "discriminator.safetensors").exists():
+            log.info("%s holds a generator only: discriminator and identity encoder start fresh", path)
+            networks = networks[:1]
+        for name, module in networks:
+            _load_network(path, name, module, self.device, purpose="start from")
         self._reset_ema()
         self.init_source = str(path)
         log.info("networks initialised from %s", path)
+
+    def _load_teacher(self, path: str | Path) -> SDGANGenerator:
+        """The frozen teacher generator (``TrainConfig.teacher``), of this run's generator shape."""
+        folder = _networks_folder(path)
+        teacher = build_generator(self.config.generator).to(self.device)
+        _load_network(folder, "generator", teacher, self.device, purpose="use as the teacher")
+        log.info("teacher generator from %s (weight %g inside the map's face)", folder, self.config.lambda_teacher)
+        return teacher.eval().requires_grad_(False)
 
     def load_checkpoint(self, path: str | Path | None = None) -> int:
         """Restore networks, optimizers and the step counter (``None``: the latest checkpoint of the run).
@@ -479,6 +509,12 @@ class Trainer:
                     g_identity = identity_loss(
                         self.encoder(fake, mb["face"]), e_positive, e_source, 1 - mb["same_source"], c.identity_margin
                     )
+                    if self.teacher is not None:
+                        with torch.no_grad():
+                            taught = self.teacher(mb["teacher_masked"], mb["semantic"], mb["code"])
+                        g_teacher = masked_l1(fake, taught, mb["map_region"])
+                    else:
+                        g_teacher = zero
                     g_loss = (
                         c.lambda_gan * g_gan
                         + c.lambda_quality * g_quality
@@ -487,10 +523,11 @@ class Trainer:
                         + c.lambda_l1 * g_l1_face
                         + c.lambda_context * g_l1_context
                         + c.lambda_identity * g_identity
+                        + c.lambda_teacher * g_teacher
                     )
                 self.scaler.scale(g_loss / self.accum).backward()
             record(g_total=g_loss, g_gan=g_gan, g_quality=g_quality, g_fm=g_fm, g_vgg=g_vgg, g_l1_face=g_l1_face,
-                   g_l1_context=g_l1_context, g_identity=g_identity)
+                   g_l1_context=g_l1_context, g_identity=g_identity, g_teacher=g_teacher)
         self.scaler.step(self.opt_g)
         self.scaler.update()
         self._update_ema()
