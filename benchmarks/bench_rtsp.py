@@ -39,8 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.live_support import (  # noqa: E402
-    GENERATED_LEAK_CORRELATION,
-    LEAK_CORRELATION,
+    leak_correlation,
     RtspServer,
     checker_process,
     gst_rtsp_missing,
@@ -97,7 +96,7 @@ def run_once(args: argparse.Namespace, method: str, detect_size: str | None, cli
 
     ctx = multiprocessing.get_context("spawn")
     reader_ready, reader_stop, reader_results = ctx.Event(), ctx.Event(), ctx.Queue()
-    threshold = GENERATED_LEAK_CORRELATION if method == "sdgan" else LEAK_CORRELATION
+    threshold = leak_correlation(method)
     reader = ctx.Process(target=checker_process, args=(sink.url("view"), str(clip_path), boxes, threshold, reader_ready, reader_stop, reader_results), daemon=True)
     load_before = os.getloadavg()
     filter_thread = threading.Thread(target=run_filter, name="filter", daemon=True)

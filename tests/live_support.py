@@ -46,6 +46,11 @@ LEAK_CORRELATION = 0.3
 GENERATED_LEAK_CORRELATION = 0.6
 
 
+def leak_correlation(method: str) -> float:
+    """The detail correlation above which a checked face counts as visible, for output of ``method``."""
+    return GENERATED_LEAK_CORRELATION if method == "sdgan" else LEAK_CORRELATION
+
+
 def gst_rtsp_missing() -> str | None:
     """Why the GStreamer RTSP server cannot run here (None when it can)."""
     if not os.path.exists(GST_PYTHON):
