@@ -641,9 +641,10 @@ class FaceTracker:
     # -- steps ------------------------------------------------------------------------------------
     def _associate(
         self, predicted: np.ndarray, sigma: np.ndarray, boxes: np.ndarray, high: np.ndarray, low: np.ndarray,
-        frames: int = 1,
+        frames: int,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Match tracks to detections; returns track rows, detection indices and a weak-match flag.
+        """Match tracks to detections (``frames`` after the last update); returns track rows, detection indices
+        and a weak-match flag.
 
         All overlap evidence before any distance evidence: confident detections on IoU, then (as
         ByteTrack) weak ones on IoU with the tracks left, then centre-distance matching of what is left,
