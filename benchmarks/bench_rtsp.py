@@ -68,13 +68,15 @@ def run_once(args: argparse.Namespace, method: str, detect_size: str | None, cli
     from sdgan_stream.config import AnonymizeOptions
     from sdgan_stream.live import LiveComponents, live_detector_threads, run_rtsp_filter
 
-    from sdgan_stream.config import parse_size
+    from sdgan_stream.config import parse_pyramid, parse_size
 
     overrides: dict[str, Any] = {}
     if detect_size:
         overrides["detect_size"] = parse_size(detect_size)
     if args.rotation_every is not None:
         overrides["rotation_every"] = args.rotation_every
+    if args.pyramid is not None:
+        overrides["pyramid"] = parse_pyramid(args.pyramid)
     if args.parallel is not None:
         overrides["parallel"] = args.parallel
     options = AnonymizeOptions(method=method, track=not args.no_track, seed=0, **overrides)
@@ -156,6 +158,7 @@ def run_once(args: argparse.Namespace, method: str, detect_size: str | None, cli
         "detector_threads": live_detector_threads(options.parallel),
         "detect_size": list(options.detect_size) if options.detect_size else None,
         "rotation_every": options.rotation_every,
+        "pyramid": list(options.pyramid),
         "parallel": options.parallel,
         "steady": {
             "seconds": round(span, 1),
@@ -220,6 +223,7 @@ def main() -> int:
                         help="analysis of the newest frame on its own thread while the last one is rendered (the default)")
     stages.add_argument("--serial", action="store_false", dest="parallel", help="one thread analyses and renders")
     parser.add_argument("--rotation-every", type=int, default=None, help="turned-face discovery spacing (default: the options default)")
+    parser.add_argument("--pyramid", default=None, help="coarse detector passes, e.g. 0.5,0.25 or none (default: the options default)")
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=360)
     parser.add_argument("--fps", type=int, default=25)

@@ -65,7 +65,7 @@ def build_detector(options: AnonymizeOptions, *, intra_op_threads: int = 0, live
                                      intra_op_threads=intra_op_threads, precision=detector_precision(options))
         side_by_side = pass_threads(intra_op_threads)  # one onnxruntime session, safe to run from several threads
     return MultiPassDetector(network, detect_size=options.detect_size, tile_size=options.tile_size, border=options.border,
-                             rotation_every=options.rotation_every, whole_every=1 if live else whole_frame_every(options),
+                             pyramid=options.pyramid, rotation_every=options.rotation_every, whole_every=1 if live else whole_frame_every(options),
                              around_min_score=options.threshold, pass_threads=side_by_side)
 
 

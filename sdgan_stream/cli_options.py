@@ -10,7 +10,7 @@ import argparse
 from dataclasses import fields, replace
 from pathlib import Path
 
-from .config import DETECTOR_PRECISION_CHOICES, FRAME_PATHS, METHODS, AnonymizeOptions, load_options_file, parse_size
+from .config import DETECTOR_PRECISION_CHOICES, FRAME_PATHS, METHODS, AnonymizeOptions, load_options_file, parse_pyramid, parse_size
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULTS = AnonymizeOptions()
@@ -23,6 +23,13 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 def size_arg(text: str) -> tuple[int, int] | None:
     try:
         return parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def pyramid_arg(text: str) -> tuple[float, ...]:
+    try:
+        return parse_pyramid(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
@@ -86,6 +93,10 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
                              f"'none' = one call, whatever the size (default: {tile})")
     parser.add_argument("--border", type=float, default=unset, metavar="F",
                         help=f"mirrored pad on the frame edges, a fraction of the shorter side, for faces cut by the border; 0 = off (default: {d.border:g})")
+    pyramid = ",".join(f"{f:g}" for f in d.pyramid) or "none"
+    parser.add_argument("--pyramid", type=pyramid_arg, default=unset, metavar="F[,F...]",
+                        help="also look at the whole frame shrunk to these fractions, every frame: finds faces smeared by motion "
+                             f"blur or defocus, and close-ups (about a third more detector time); 'none' = off (default: {pyramid})")
     parser.add_argument("--rotation-every", type=int, default=unset, metavar="N",
                         help=f"look for new faces turned 90/180/270 degrees (in turn) every N frames; a turned face once found "
                              f"is followed on every frame; 0 = never (default: {d.rotation_every})")

@@ -31,6 +31,23 @@ def parse_size(text: str) -> tuple[int, int] | None:
     return width, height
 
 
+def parse_pyramid(text: str) -> tuple[float, ...]:
+    """'0.5,0.25' -> (0.5, 0.25); 'none', '0' or '' -> () (no coarse passes)."""
+    if text.strip().lower() in ("", "none", "0"):
+        return ()
+    try:
+        fractions = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"pyramid must be fractions separated by commas (e.g. 0.5,0.25) or 'none', got {text!r}") from None
+    check_pyramid(fractions)
+    return fractions
+
+
+def check_pyramid(fractions: tuple[float, ...]) -> None:
+    if any(not 0.0 < f < 1.0 for f in fractions):
+        raise ValueError(f"pyramid fractions must be in (0, 1), got {fractions}")
+
+
 def check_frame_path(frame_path: str) -> None:
     if frame_path not in FRAME_PATHS:
         raise ValueError(f"frame path must be one of {', '.join(FRAME_PATHS)}, got {frame_path!r}")
@@ -68,6 +85,10 @@ class AnonymizeOptions:
     # are tiled so one call's memory stays bounded.
     tile_size: tuple[int, int] | None = (3840, 2160)  # largest detector call; larger frames: tiles + the whole frame shrunk
     border: float = 0.02  # mirrored pad on the frame edges (fraction of the shorter side): border-cut faces
+    # The whole frame again at these fractions of the detection scale, every frame: faces smeared by motion blur
+    # or defocus, and close-ups, that the network misses at full size and finds shrunk (a third more detector time
+    # for 1/2 and 1/4 at 720p-1080p; recall per condition in the README, "Which faces are found"). () = off.
+    pyramid: tuple[float, ...] = (0.5, 0.25)
     # One quarter-turned pass (90/180/270 in turn) every N frames to discover turned faces; 0 = none. Every
     # angle within 12 frames, inside the files' 0.5 s look-back; a found turned face is then followed on
     # every frame in a crop (detect_passes.py), so the full turned pass is only for discovery.
@@ -128,6 +149,7 @@ class AnonymizeOptions:
             raise ValueError(f"guard draws per frame must be >= 0 (0: no limit), got {self.guard_draws_per_frame}")
         if not 0.0 <= self.border <= 0.5:
             raise ValueError(f"border must be in [0, 0.5], got {self.border}")
+        check_pyramid(tuple(self.pyramid))
         if self.rotation_every < 0:
             raise ValueError(f"rotation_every must be >= 0, got {self.rotation_every}")
         if self.whole_frame_every < 1:
@@ -162,4 +184,7 @@ def load_options_file(path: str | Path) -> dict[str, Any]:
     for key in ("detect_size", "tile_size"):
         if key in data and isinstance(data[key], str):
             data[key] = parse_size(data[key])
+    if "pyramid" in data:  # a list of fractions, or a string as on the command line
+        value = data["pyramid"]
+        data["pyramid"] = parse_pyramid(value) if isinstance(value, str) else tuple(float(v) for v in value)
     return data

@@ -1,4 +1,4 @@
-"""More than one look at each frame, so that fewer faces are missed: tiles, a border pad, rotations.
+"""More than one look at each frame, so that fewer faces are missed: tiles, a border pad, a pyramid, rotations.
 
 One network pass over a frame shrunk to fit a budget misses small faces, faces cut by the frame border
 and faces turned in the image plane. :class:`MultiPassDetector` wraps any detector that finds upright
@@ -13,6 +13,13 @@ to frame pixels and merged:
 - **a border pad**: every main pass sees its frame edges mirrored outwards by ``border`` of the frame's
   shorter side, so a face cut by the border still has its centre, and a face-like context, inside the
   network's view (CenterFace finds a face by its centre).
+- **coarse passes, every frame (the pyramid)**: the whole frame, upright, again at ``pyramid`` fractions of
+  the detection scale (1/2 and 1/4 by default). At one scale CenterFace misses faces that motion blur or
+  defocus has smeared and faces too large for its view (a close-up), and finds many of them shrunk
+  (``benchmarks/bench_recall.py``, README "Which faces are found"). A shrunk view costs the square of its
+  scale: 1/2 and 1/4 add about a third to a full pass. A coarse pass adds only faces the finer passes
+  missed, at least :data:`COARSE_MIN_FACE` px wide in its view and scoring :data:`COARSE_MIN_SCORE`; where
+  both found a face, the finer box and points are kept (:func:`fold_coarse`).
 - **scheduled passes, to discover turned faces**: every ``rotation_every`` frames, the main passes
   turned by 90, 180 or 270 degrees, in turn. A full turned pass costs as much as the main one, so it is
   spaced out; for files the look-back (0.5 s) covers a turned face in the frames before it was found,
@@ -51,6 +58,8 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from .config import check_pyramid
+from .detect import nms
 from .track import box_iou, box_overlaps
 from .types import Detections
 
@@ -71,7 +80,23 @@ FOLLOW_FULL_SHARE = 0.5
 # gave 10-25 px false faces scoring 0.10-0.23 on about half the frames; none overlapped a face.
 AROUND_MIN_IOU = 0.2
 
-__all__ = ["AROUND_MIN_IOU", "TURNED_MIN_SCORE", "DetectorPass", "FaceDetector", "MultiPassDetector", "merge_detections", "plan_main_passes", "view_of"]
+_COARSE_MIN_SIDE = 32  # px: a coarse view whose shorter side would be smaller than this is not run
+# px, in the view: a coarse pass keeps only faces at least this wide (48 px in the frame at 1/2, 96 at 1/4).
+# Smaller ones are the finer passes' to find; at 1/4, the 12-21 px finds on the held-out clip were hair and
+# background at the frame's top edge (one every 2-3 frames, scoring 0.21-0.39), each a false track.
+COARSE_MIN_FACE = 24
+# A coarse find counts (added, or lifting a finer one's score) from this score up. On sharp faces (the held-out
+# clip) and the recall scenes, the coarse views' false finds scored under 0.25 (40 of them, 4 at 0.2-0.25,
+# each a false track at the display threshold); 6 of the 7 true faces they alone found scored 0.25 or more.
+COARSE_MIN_SCORE = 0.25
+# A coarse and a finer detection are one face when they overlap this much (IoU, as merge_detections), or when
+# half the smaller lies in the larger and the larger is at most SAME_FACE_AREA times its area (fold_coarse).
+SAME_FACE_IOU = 0.3
+SAME_FACE_AREA = 4.0
+COARSE_GROW_AREA = 1.5  # a coarse box this many times larger than the finer one of its face saw more of it
+
+__all__ = ["AROUND_MIN_IOU", "TURNED_MIN_SCORE", "DetectorPass", "FaceDetector", "MultiPassDetector", "merge_detections",
+           "plan_coarse_passes", "plan_main_passes", "view_of"]
 
 
 class FaceDetector(Protocol):
@@ -86,15 +111,17 @@ class FaceDetector(Protocol):
 class DetectorPass:
     """One view of the frame: ``region`` (x1, y1, x2, y2) of the frame, shrunk or grown by ``scale``,
     padded by ``pad`` px of mirrored border (in the view's pixels) on the sides that are frame edges,
-    then turned ``rotation`` degrees counter-clockwise (0, 90, 180, 270)."""
+    then turned ``rotation`` degrees counter-clockwise (0, 90, 180, 270). A ``coarse`` pass is one of the
+    pyramid's: what it finds counts only where no finer pass found that face."""
 
     region: tuple[int, int, int, int]
     scale: float = 1.0
     pad: int = 0
     rotation: int = 0
+    coarse: bool = False
 
     def with_rotation(self, rotation: int) -> DetectorPass:
-        return DetectorPass(self.region, self.scale, self.pad, rotation)
+        return DetectorPass(self.region, self.scale, self.pad, rotation, self.coarse)
 
 
 @dataclass
@@ -161,6 +188,88 @@ def plan_main_passes(
         for x1, x2 in _splits(width, int(tile_w), overlap):
             passes.append(DetectorPass((x1, y1, x2, y2), scale, round(pad * scale)))
     return passes
+
+
+def plan_coarse_passes(
+    width: int,
+    height: int,
+    pyramid: Sequence[float],
+    *,
+    detect_size: tuple[int, int] | None = None,
+    tile_size: tuple[int, int] | None = None,
+    border: float = 0.0,
+) -> list[DetectorPass]:
+    """The pyramid's passes for frames of this size: the whole frame at each fraction of ``pyramid`` of the
+    detection scale, coarsest last, leaving out a scale the main passes already look at the whole frame
+    with (a tiled frame's shrunk pass) or above, and views under 32 px a side.
+
+    >>> [p.scale for p in plan_coarse_passes(1920, 1080, (0.5, 0.25))]
+    [0.5, 0.25]
+    >>> [p.scale for p in plan_coarse_passes(7680, 4320, (0.5, 0.25), tile_size=(3840, 2160))]  # 0.5: the tiles' shrunk pass
+    [0.25]
+    """
+    main = plan_main_passes(width, height, detect_size=detect_size, tile_size=tile_size, border=border)
+    whole = (0, 0, width, height)
+    coarsest_taken = min(p.scale for p in main if p.region == whole)
+    base = _fit_scale(width, height, detect_size)
+    pad = round(border * min(width, height))
+    passes = []
+    for fraction in sorted(set(pyramid), reverse=True):
+        scale = base * fraction
+        if scale >= coarsest_taken * 0.99 or min(width, height) * scale < _COARSE_MIN_SIDE:
+            continue
+        passes.append(DetectorPass(whole, scale, round(pad * scale), coarse=True))
+    return passes
+
+
+def fold_coarse(fine: Detections, coarse: Detections) -> Detections:
+    """The finer passes' detections plus the faces only a coarse pass found.
+
+    The coarse scales' detections are first reduced to one per face (the best-scoring). Then each is:
+
+    - **the same face as a finer detection** (they overlap by IoU :data:`SAME_FACE_IOU`, or half the
+      smaller lies in the larger and the larger is at most :data:`SAME_FACE_AREA` times its area: a turned
+      face's boxes differ in shape): the finer detection it overlaps most keeps its box and points (the more
+      precise) and takes the better of the two scores (a smeared face may score higher shrunk). Only that
+      one: a weak second box of the face lifted into a shown one would become a second track, whose first
+      prediction, unsure of its motion, is widened over much of the frame when it misses (a face turned 120
+      degrees on the recall benchmark: 30% of the frame covered). Where the coarse box is more than
+      :data:`COARSE_GROW_AREA` times larger, the face was too large for the full-size view, which found it by a
+      part (600 px faces on a 720p frame: boxes half their width): the box grows to the union.
+    - **anything else**: a face only the coarse view found (smeared, large); it is added. That includes a
+      coarse box around several faces seen as one (motion-blurred faces packed 1.9 face widths apart, at a
+      quarter size): an over-cover, measured (README). Telling such a group from the parts a full-size view
+      finds of one close-up face (two to four boxes, side by side or overlapping) was tried and failed on
+      close-ups: privacy first, the box stays.
+
+    >>> def boxes(*b):
+    ...     return Detections(np.array(b, np.float32), np.linspace(0.6, 0.3, len(b)).astype(np.float32), np.zeros((len(b), 5, 2), np.float32))
+    >>> fine = Detections(np.array([[0, 0, 20, 20]], np.float32), np.array([0.15], np.float32), np.zeros((1, 5, 2), np.float32))
+    >>> folded = fold_coarse(fine, boxes([2, 0, 22, 22], [50, 50, 70, 70]))  # the same face, and a face only the coarse view saw
+    >>> folded.boxes.tolist(), [round(float(s), 2) for s in folded.scores]
+    ([[0.0, 0.0, 20.0, 20.0], [50.0, 50.0, 70.0, 70.0]], [0.6, 0.3])
+    >>> fold_coarse(fine, boxes([-4, -4, 30, 24])).boxes.tolist()  # more of the face: the box grows
+    [[-4.0, -4.0, 30.0, 24.0]]
+    """
+    if len(coarse) > 1:
+        coarse = coarse.select(nms(coarse.boxes, coarse.scores, SAME_FACE_IOU))
+    if not len(coarse) or not len(fine):
+        return _concat([fine, coarse])
+    f, c = fine.boxes.astype(np.float64), coarse.boxes.astype(np.float64)
+    inter, area_f, area_c = box_overlaps(f, c)  # (fine, coarse)
+    iou = inter / np.maximum(area_f[:, None] + area_c[None, :] - inter, 1e-9)
+    smaller = np.minimum(area_f[:, None], area_c[None, :])
+    larger = np.maximum(area_f[:, None], area_c[None, :])
+    same = (iou >= SAME_FACE_IOU) | ((inter >= 0.5 * smaller) & (larger <= SAME_FACE_AREA * smaller))
+    matched = same.any(axis=0)
+    scores, grown = fine.scores.copy(), fine.boxes.copy()
+    for j in np.flatnonzero(matched):
+        i = int(np.argmax(np.where(same[:, j], iou[:, j], -1.0)))
+        scores[i] = max(scores[i], coarse.scores[j])
+        if area_c[j] > COARSE_GROW_AREA * area_f[i]:
+            grown[i, :2] = np.minimum(grown[i, :2], coarse.boxes[j, :2])
+            grown[i, 2:] = np.maximum(grown[i, 2:], coarse.boxes[j, 2:])
+    return _concat([Detections(grown, scores, fine.landmarks), coarse.select(~matched)])
 
 
 def view_of(image: np.ndarray, spec: DetectorPass) -> tuple[np.ndarray, np.ndarray]:
@@ -251,6 +360,8 @@ class MultiPassDetector:
         tile_size: largest (width, height) of one network call; a larger frame (at the detection scale)
             is detected in overlapping tiles plus once shrunk into one tile; ``None`` = never tiled.
         border: mirrored pad on the frame edges, as a fraction of the frame's shorter side.
+        pyramid: fractions (each in (0, 1)) of the detection scale at which the whole frame is also looked at
+            upright, on every whole-frame look; ``()`` = none (the job options' default is 1/2 and 1/4).
         rotations: quarter turns (90, 180, 270) tried on a schedule, one per ``rotation_every`` frames.
         rotation_every: frames between two scheduled turns (discovery; a face found turned is then
             followed on every frame in a crop, see the module docstring); 0 = no turns.
@@ -274,6 +385,7 @@ class MultiPassDetector:
         detect_size: tuple[int, int] | None = None,
         tile_size: tuple[int, int] | None = None,
         border: float = 0.0,
+        pyramid: Sequence[float] = (),
         rotations: Sequence[int] = (90, 180, 270),
         rotation_every: int = 1,
         turned_min_score: float = TURNED_MIN_SCORE,
@@ -287,6 +399,7 @@ class MultiPassDetector:
             raise ValueError(f"border must be in [0, 0.5], got {border}")
         if rotation_every < 0:
             raise ValueError(f"rotation_every must be >= 0, got {rotation_every}")
+        check_pyramid(tuple(pyramid))
         if whole_every < 1:
             raise ValueError(f"whole_every must be >= 1, got {whole_every}")
         if pass_threads < 1:
@@ -298,6 +411,7 @@ class MultiPassDetector:
         self.detect_size = detect_size
         self.tile_size = tile_size
         self.border = border
+        self.pyramid = tuple(pyramid)
         self.rotations = tuple(rotations)
         self.rotation_every = rotation_every if self.rotations else 0
         self.turned_min_score = turned_min_score
@@ -306,6 +420,7 @@ class MultiPassDetector:
         self.pass_threads = pass_threads
         self._frame = 0
         self._plans: dict[tuple[int, int], list[DetectorPass]] = {}
+        self._coarse: dict[tuple[int, int], list[DetectorPass]] = {}
         self._followed: list[_Followed] = []
         self._upright: np.ndarray = np.zeros((0, 4))  # boxes the last frame's upright passes found
         self._around: dict[DetectorPass, list[np.ndarray]] = {}  # this frame's crops -> the boxes they follow
@@ -314,7 +429,8 @@ class MultiPassDetector:
         turns = (f"a quarter turn every {self.rotation_every} frame(s), turned faces followed" if self.rotation_every
                  else "no turns")
         whole = "the whole frame every frame" if whole_every == 1 else f"the whole frame every {whole_every} frames, crops around faces between"
-        log.info("detector passes: frames %s, %s, border pad %g, %s, %s", scale, tiles, border, turns, whole)
+        coarse = f"also at {', '.join(f'{f:g}' for f in self.pyramid)} of that scale" if self.pyramid else "no pyramid"
+        log.info("detector passes: frames %s (%s), %s, border pad %g, %s, %s", scale, coarse, tiles, border, turns, whole)
 
     @property
     def threshold(self) -> float:
@@ -332,23 +448,26 @@ class MultiPassDetector:
         if plan is None:
             plan = plan_main_passes(width, height, detect_size=self.detect_size, tile_size=self.tile_size, border=self.border)
             self._plans[(width, height)] = plan
-        passes = list(plan) if frame % self.whole_every == 0 else self._around_upright_faces(width, height, plan)
+            self._coarse[(width, height)] = plan_coarse_passes(width, height, self.pyramid, detect_size=self.detect_size,
+                                                               tile_size=self.tile_size, border=self.border)
+        whole = plan + self._coarse[(width, height)]
+        passes = whole if frame % self.whole_every == 0 else self._around_upright_faces(width, height, whole)
         if self.rotation_every and frame % self.rotation_every == 0:
             rotation = self.rotations[(frame // self.rotation_every) % len(self.rotations)]
             passes += [p.with_rotation(rotation) for p in plan]
         return passes
 
-    def _around_upright_faces(self, width: int, height: int, plan: list[DetectorPass]) -> list[DetectorPass]:
+    def _around_upright_faces(self, width: int, height: int, whole: list[DetectorPass]) -> list[DetectorPass]:
         """Upright passes between two whole-frame looks: a crop around each face found upright last frame
-        (:data:`FOLLOW_CONTEXT` face sizes wide), or the whole plan when the crops would cover more of the
+        (:data:`FOLLOW_CONTEXT` face sizes wide), or the ``whole`` look when the crops would cover more of the
         frame than :data:`FOLLOW_FULL_SHARE`; nothing when no face was found."""
-        main = plan[-1]
+        main = self._plans[(width, height)][-1]  # a pass at the detection scale gives scale and pad
         around: dict[DetectorPass, list[np.ndarray]] = {}
         for box in self._upright:
             spec = DetectorPass(_Followed(box, 0).region(width, height), main.scale, main.pad)
             around.setdefault(spec, []).append(box)
         if sum((x2 - x1) * (y2 - y1) for x1, y1, x2, y2 in (spec.region for spec in around)) > FOLLOW_FULL_SHARE * width * height:
-            return list(plan)  # the whole frame: every face, no crop filter
+            return whole  # the whole frame: every face, no crop filter
         self._around = around
         return list(around)
 
@@ -388,16 +507,21 @@ class MultiPassDetector:
                 # A turned view offers the network new false faces (an upside-down mouth and nose), while a
                 # face that really is turned looks upright there and scores like one: keep confident ones.
                 seen = seen.select(seen.scores >= max(self.turned_min_score, self.threshold))
+            if spec.coarse and len(seen):
+                seen = seen.select((seen.boxes[:, 2] - seen.boxes[:, 0] >= COARSE_MIN_FACE) & (seen.scores >= COARSE_MIN_SCORE))
             seen = _map_back(seen, matrix)
             followed = self._around.get(spec)
             if followed is not None and len(seen):  # a crop between whole looks: only the face it follows
                 seen = seen.select(box_iou(seen.boxes.astype(np.float64), np.asarray(followed)).max(1) >= AROUND_MIN_IOU)
             seen_by[spec] = seen
         self._update_followed(seen_by)
+        # Upright finds (the pyramid's only where no finer pass found the face), then the turned views'.
+        upright = fold_coarse(_concat([seen for spec, seen in seen_by.items() if not spec.rotation and not spec.coarse]),
+                              _concat([seen for spec, seen in seen_by.items() if spec.coarse]))
         if self.whole_every > 1:
-            upright = merge_detections(_concat([seen for spec, seen in seen_by.items() if not spec.rotation]))
-            self._upright = upright.boxes[upright.scores >= self.around_min_score].astype(np.float64)
-        merged = merge_detections(_concat(list(seen_by.values())))
+            kept = merge_detections(upright)
+            self._upright = kept.boxes[kept.scores >= self.around_min_score].astype(np.float64)
+        merged = merge_detections(_concat([upright] + [seen for spec, seen in seen_by.items() if spec.rotation]))
         return _inside(merged, width, height)
 
     def _run(self, views: list[np.ndarray]) -> list[Detections]:

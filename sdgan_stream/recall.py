@@ -268,13 +268,16 @@ class Placement:
 
 @dataclass(frozen=True)
 class FrameEffects:
-    """Applied to the whole frame after the faces: motion blur (kernel length px, angle), brightness, noise."""
+    """Applied to the whole frame after the faces, in this order: motion blur (kernel length px, angle),
+    defocus (Gaussian, sigma px), brightness, noise, JPEG compression (quality 1-100; 0 = none)."""
 
     motion_blur: float = 0.0
     motion_angle: float = 0.0
+    defocus: float = 0.0
     brightness: float = 1.0
     noise: float = 0.0  # standard deviation of Gaussian sensor noise, in 0..255 units
     background_level: float | None = None  # a flat bright background (backlit scenes) instead of the textured one
+    jpeg_quality: int = 0
 
 
 @dataclass
@@ -409,11 +412,17 @@ def _apply_effects(canvas: np.ndarray, effects: FrameEffects, rng: np.random.Gen
         rot = cv2.getRotationMatrix2D(((length - 1) / 2, (length - 1) / 2), effects.motion_angle, 1.0)
         kernel = cv2.warpAffine(kernel, rot, (length, length))
         image = cv2.filter2D(image, -1, kernel / kernel.sum(), borderType=cv2.BORDER_REPLICATE)
+    if effects.defocus > 0:
+        image = cv2.GaussianBlur(image, (0, 0), effects.defocus, borderType=cv2.BORDER_REPLICATE)
     if effects.brightness != 1.0:
         image = image * effects.brightness
     if effects.noise > 0:
         image = image + rng.normal(0, effects.noise, image.shape).astype(np.float32)
-    return np.clip(np.round(image), 0, 255).astype(np.uint8)
+    image = np.clip(np.round(image), 0, 255).astype(np.uint8)
+    if effects.jpeg_quality:  # the frame is RGB; OpenCV's codec takes BGR, and its round trip keeps the order
+        encoded = cv2.imencode(".jpg", image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(effects.jpeg_quality)])[1]
+        image = np.ascontiguousarray(cv2.imdecode(encoded, cv2.IMREAD_COLOR)[:, :, ::-1])
+    return image
 
 
 # --------------------------------------------------------------------------------------------------
@@ -493,6 +502,20 @@ def size_scenes(faces: Sequence[LibraryFace], *, resolutions: Sequence[str] = ("
     return scenes
 
 
+def closeup_scenes(faces: Sequence[LibraryFace], *, resolutions: Sequence[str] = ("720p", "1080p"),
+                   shares: Sequence[float] = (0.6, 0.8), per_cell: int = 8, frames: int = 3, seed: int = 6) -> list[Scene]:
+    """One near-frontal face per scene, centred, its width a share of the frame's height: a webcam or an
+    interview close-up, where the head runs off the frame."""
+    rng = np.random.default_rng(seed)
+    order = _face_order(faces, rng, max_yaw=0.35)
+    scenes = []
+    for res in resolutions:
+        size = RESOLUTIONS[res]
+        for share in shares:
+            scenes += _fill("closeup", f"{res}/{share:.0%}", size, [share * size[1]] * per_cell, order, rng, frames=frames)
+    return scenes
+
+
 def border_scenes(faces: Sequence[LibraryFace], *, size: tuple[int, int] = (1920, 1080), cuts: Sequence[float] = (0.25, 0.5, 0.75),
                   widths: Sequence[float] = (48, 96, 160), repeats: int = 3, frames: int = 3, seed: int = 1) -> list[Scene]:
     """Faces cut by each border: ``cut`` of the face box lies outside the frame."""
@@ -564,6 +587,24 @@ def effect_scenes(faces: Sequence[LibraryFace], *, size: tuple[int, int] = (1920
     return scenes
 
 
+def degraded_scenes(faces: Sequence[LibraryFace], *, size: tuple[int, int] = (1920, 1080), widths: Sequence[float] = (32, 64, 128),
+                    per_cell: int = 8, frames: int = 3, seed: int = 5) -> list[Scene]:
+    """What a cheap camera or a starved stream does to a face: defocus (Gaussian blur of 1/10 and 1/5 of the
+    face width) and heavy compression (JPEG at quality 10 and 5)."""
+    rng = np.random.default_rng(seed)
+    order = _face_order(faces, rng, max_yaw=0.35)
+    scenes = []
+    for width in widths:
+        ws = [float(width)] * per_cell
+        for share in (0.1, 0.2):
+            scenes += _fill("defocus", f"{share:g}x/{width:g}px", size, ws, order, rng, frames=frames,
+                            effects=FrameEffects(defocus=share * width))
+        for quality in (10, 5):
+            scenes += _fill("compression", f"q{quality}/{width:g}px", size, ws, order, rng, frames=frames,
+                            effects=FrameEffects(jpeg_quality=quality))
+    return scenes
+
+
 def crowd_scenes(faces: Sequence[LibraryFace], *, resolutions: Sequence[str] = ("1080p", "4K"), count: int = 60,
                  widths: tuple[float, float] = (14, 40), frames: int = 3, seed: int = 5) -> list[Scene]:
     """Many small faces of mixed sizes, close together, tilted up to 20 degrees."""
@@ -587,10 +628,12 @@ def crowd_scenes(faces: Sequence[LibraryFace], *, resolutions: Sequence[str] = (
 
 CONDITIONS = {
     "size": size_scenes,
+    "closeup": closeup_scenes,
     "border": border_scenes,
     "rotation": rotation_scenes,
     "yaw": yaw_scenes,
     "effects": effect_scenes,
+    "degraded": degraded_scenes,
     "crowd": crowd_scenes,
 }
 

@@ -653,3 +653,170 @@ def test_a_detector_handed_to_a_new_stream_starts_its_schedule_again() -> None:
     info = VideoInfo(width=320, height=240, time_base=Fraction(1, 25), average_rate=Fraction(25))
     build_anonymizer(AnonymizeOptions(), info, detector=detector, renderer=CoverRenderer())
     assert detector._frame == 0 and len(detector._upright) == 0
+
+
+# -- the pyramid: the whole frame again, shrunk, for smeared faces ---------------------------------
+def test_coarse_passes_look_at_the_whole_frame_at_fractions_of_the_detection_scale() -> None:
+    from sdgan_stream.detect_passes import plan_coarse_passes
+
+    half, quarter = plan_coarse_passes(1920, 1080, (0.25, 0.5), border=0.02)  # coarsest last, whatever the order given
+    assert (half.scale, quarter.scale) == (0.5, 0.25) and half.region == quarter.region == (0, 0, 1920, 1080)
+    assert half.coarse and quarter.coarse and half.rotation == 0
+    assert half.pad == round(0.02 * 1080 * 0.5)  # the border pad in the view's pixels, as the main pass's
+    # fractions of the detection scale: a frame shrunk into 960x960 is looked at again at 1/4 and 1/8
+    assert [p.scale for p in plan_coarse_passes(1920, 1080, (0.5, 0.25), detect_size=(960, 960))] == [0.25, 0.125]
+    # a tiled frame's main passes already look at the whole frame at 1/2: only 1/4 is added
+    assert [p.scale for p in plan_coarse_passes(7680, 4320, (0.5, 0.25), tile_size=(3840, 2160))] == [0.25]
+    # a view under 32 px a side is not run
+    assert [p.scale for p in plan_coarse_passes(160, 100, (0.5, 0.25))] == [0.5]
+    assert plan_coarse_passes(1920, 1080, ()) == []
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_the_pyramid_finds_a_motion_blurred_face_that_full_resolution_misses(precision: str) -> None:
+    """A horizontal motion blur of 0.4 face widths (a head turning fast at a slow shutter): CenterFace finds
+    nothing at full resolution, and the face in the view shrunk to a quarter."""
+    import cv2
+
+    photo = face_photos()[1]
+    length = int(0.4 * (photo.face_box[2] - photo.face_box[0]))
+    kernel = np.zeros((length, length), np.float32)
+    kernel[length // 2] = 1.0 / length
+    smeared = cv2.filter2D(photo.image, -1, kernel, borderType=cv2.BORDER_REPLICATE)
+
+    def detector(pyramid: tuple[float, ...]) -> MultiPassDetector:
+        return MultiPassDetector(CenterFaceDetector(threshold=0.1, detect_size=None, precision=precision), pyramid=pyramid,
+                                 rotation_every=0)
+
+    alone = detector(()).detect(smeared)
+    assert not (alone.scores >= 0.2).any(), alone.scores
+    found = detector((0.5, 0.25)).detect(smeared)
+    best = int(np.argmax(found.scores))
+    assert found.scores[best] >= 0.25 and _iou(found.boxes[best], photo.face_box) > 0.7
+
+
+class _ScaleNetwork:
+    """A face at frame box (80, 80, 160, 160) that views at full size see at ``fine_score`` and coarse views
+    (at most half size) at 0.6, and a second face at (400, 200, 600, 400) that only coarse views see, at
+    ``coarse_score`` and ``coarse_width`` px wide in an 800 px wide frame."""
+
+    def __init__(self, fine_score: float, coarse_score: float = 0.5, coarse_width: float = 200) -> None:
+        self.threshold, self.fine_score = 0.1, fine_score
+        self.coarse_score, self.coarse_width = coarse_score, coarse_width
+        self.sizes: list[tuple[int, int]] = []
+
+    def detect(self, image: np.ndarray) -> Detections:
+        h, w = image.shape[:2]
+        self.sizes.append((w, h))
+        s = w / 800  # frames are 800 px wide, no border pad
+        if s > 0.75:
+            return Detections(np.array([[80, 80, 160, 160]], np.float32), np.array([self.fine_score], np.float32),
+                              np.full((1, 5, 2), 120, np.float32))
+        boxes = np.array([[84 * s, 76 * s, 168 * s, 164 * s], [400 * s, 200 * s, (400 + self.coarse_width) * s, 400 * s]], np.float32)
+        return Detections(boxes, np.array([0.6, self.coarse_score], np.float32), np.zeros((2, 5, 2), np.float32))
+
+
+@pytest.mark.parametrize("fine_score", [0.15, 0.9])
+def test_a_coarse_pass_adds_only_the_faces_the_finer_passes_missed(fine_score: float) -> None:
+    network = _ScaleNetwork(fine_score)
+    found = MultiPassDetector(network, pyramid=(0.5,), rotation_every=0).detect(np.zeros((600, 800, 3), np.uint8))
+    assert network.sizes == [(800, 600), (400, 300)]
+    order = np.argsort(found.boxes[:, 0])
+    boxes, scores, points = found.boxes[order], found.scores[order], found.landmarks[order]
+    assert boxes.tolist() == [[80, 80, 160, 160], [400, 200, 600, 400]]  # the fine box kept as it is; the other mapped back
+    assert points[0].tolist() == np.full((5, 2), 120).tolist()  # and its points
+    assert scores.tolist() == pytest.approx([max(fine_score, 0.6), 0.5])  # the better score of the two views
+
+
+@pytest.mark.parametrize(("score", "width", "kept"), [(0.5, 200, True), (0.24, 200, False), (0.5, 46, False), (0.5, 48, True)])
+def test_coarse_finds_count_only_when_confident_and_not_small_in_their_view(score: float, width: float, kept: bool) -> None:
+    """On sharp faces the coarse views' false finds scored under 0.25 or were under 24 px in their view (hair
+    at the frame's top edge at 1/4 size): each would have become a false track."""
+    from sdgan_stream.detect_passes import COARSE_MIN_FACE, COARSE_MIN_SCORE
+
+    assert (COARSE_MIN_SCORE, COARSE_MIN_FACE) == (0.25, 24)  # 46 px at 1/2 is 23 px in the view, 48 px is 24
+    found = MultiPassDetector(_ScaleNetwork(0.9, score, width), pyramid=(0.5,), rotation_every=0).detect(np.zeros((600, 800, 3), np.uint8))
+    assert len(found) == (2 if kept else 1)
+
+
+def test_coarse_passes_are_upright_and_run_only_on_whole_frame_looks() -> None:
+    detector = MultiPassDetector(_ScaleNetwork(0.9), pyramid=(0.5, 0.25), rotations=(180,), rotation_every=1, whole_every=2)
+    first = detector.passes_for(800, 600, 0)
+    assert sorted(p.scale for p in first if p.coarse) == [0.25, 0.5]
+    assert all(p.rotation == 0 for p in first if p.coarse) and any(p.rotation for p in first)  # the turn: main passes only
+    detector.detect(np.zeros((600, 800, 3), np.uint8))  # finds the face: frame 1 looks in a crop around it
+    between = detector.passes_for(800, 600, 1)
+    assert between and not any(p.coarse for p in between) and all(p.scale == 1.0 for p in between)
+    with pytest.raises(ValueError, match="pyramid"):
+        MultiPassDetector(_ScaleNetwork(0.9), pyramid=(1.0,))
+
+
+def test_the_pyramid_leaves_a_sharp_face_as_the_full_pass_finds_it() -> None:
+    """Where the full-resolution pass finds every face, the pyramid changes no box or point (the tracker,
+    alignment and generated faces of such a video stay as they were)."""
+    frame = _canvas_with(face_photos()[0].image, (640, 360), (200, 60))
+    plain = MultiPassDetector(CenterFaceDetector(threshold=0.1, detect_size=None), rotation_every=0).detect(frame)
+    pyramid = MultiPassDetector(CenterFaceDetector(threshold=0.1, detect_size=None), pyramid=(0.5, 0.25), rotation_every=0).detect(frame)
+    assert len(plain) == len(pyramid) == 1
+    assert pyramid.boxes.tolist() == plain.boxes.tolist() and pyramid.landmarks.tolist() == plain.landmarks.tolist()
+    assert pyramid.scores[0] >= plain.scores[0]
+
+
+def test_the_pyramid_option_parses_from_the_command_line_and_a_config_file(tmp_path: Path) -> None:
+    from sdgan_stream.cli import build_parser
+    from sdgan_stream.cli_options import options_from_args
+    from sdgan_stream.config import load_options_file, parse_pyramid
+
+    assert AnonymizeOptions().pyramid == (0.5, 0.25)
+    assert parse_pyramid("none") == () and parse_pyramid("0.5") == (0.5,) and parse_pyramid("0.5,0.25") == (0.5, 0.25)
+    for bad in ("1.5", "half", "0.5,-0.1"):
+        with pytest.raises(ValueError, match="pyramid"):
+            parse_pyramid(bad)
+    args = build_parser().parse_args(["anonymize", "in.mp4", "--pyramid", "none"])
+    assert options_from_args(args).pyramid == ()
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["anonymize", "in.mp4", "--pyramid", "2"])
+    config = tmp_path / "options.toml"
+    config.write_text("pyramid = [0.5]\n")
+    assert load_options_file(config)["pyramid"] == (0.5,)
+    with pytest.raises(ValueError, match="pyramid"):
+        AnonymizeOptions(pyramid=(0.5, 1.0))
+
+
+def test_the_pyramid_gives_a_close_up_face_a_box_that_spans_it() -> None:
+    """A face 600 px wide on a 720p frame (a webcam close-up): at full size CenterFace finds it by a part,
+    a box half its width; a shrunk view sees the whole face and the box grows to hold it."""
+    import cv2
+
+    photo = face_photos()[1]
+    factor = 600 / (photo.face_box[2] - photo.face_box[0])
+    image = cv2.resize(photo.image, None, fx=factor, fy=factor, interpolation=cv2.INTER_CUBIC)
+    canvas = np.full((max(720, image.shape[0]), max(1280, image.shape[1]), 3), 110, np.uint8)
+    left = (canvas.shape[1] - image.shape[1]) // 2
+    canvas[: image.shape[0], left : left + image.shape[1]] = image
+    frame = np.ascontiguousarray(canvas[:720, :1280])  # the chin runs off the bottom
+    truth_x1, truth_x2 = photo.face_box[0] * factor + left, photo.face_box[2] * factor + left
+
+    def widest(pyramid: tuple[float, ...]) -> float:
+        found = MultiPassDetector(CenterFaceDetector(threshold=0.1, detect_size=None), pyramid=pyramid, rotation_every=0).detect(frame)
+        inside = [b for b in found.boxes if truth_x1 - 50 <= (b[0] + b[2]) / 2 <= truth_x2 + 50 and b[1] > 200]  # the face, not hair
+        return max((min(b[2], truth_x2) - max(b[0], truth_x1)) / (truth_x2 - truth_x1) for b in inside)
+
+    assert widest(()) < 0.6
+    assert widest((0.5, 0.25)) > 0.85
+
+
+def test_a_coarse_find_lifts_only_the_finer_box_it_matches_best() -> None:
+    """A face turned 120 degrees (recall benchmark, frame 1): the full-size view gave it a box at 0.40 and a
+    weak second one at 0.16; both shrunk views found it at 0.76 and 0.24. The 0.40 box takes the 0.76; the
+    second box stays weak (lifted, it became a second track whose widened prediction covered 30% of the frame)."""
+    from sdgan_stream.detect_passes import fold_coarse
+
+    def found(boxes: list[list[float]], scores: list[float]) -> Detections:
+        return Detections(np.array(boxes, np.float32), np.array(scores, np.float32), np.zeros((len(boxes), 5, 2), np.float32))
+
+    fine = found([[827, 675, 1077, 829], [905, 609, 1174, 791]], [0.40, 0.16])
+    coarse = found([[823, 657, 1124, 810], [860, 622, 1125, 820]], [0.76, 0.24])
+    folded = fold_coarse(fine, coarse)
+    assert folded.boxes.tolist() == fine.boxes.tolist()  # nothing added: both coarse finds are this face
+    assert folded.scores.tolist() == pytest.approx([0.76, 0.16])

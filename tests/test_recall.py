@@ -142,3 +142,21 @@ def test_the_whole_frame_fallback_leaves_a_full_frame_face_at_most_8_blocks_acro
     blocks_across_face = 1 + int(np.count_nonzero(np.any(np.diff(row, axis=0) != 0, axis=1)))
     assert blocks_across_face <= WHOLE_FRAME_BLOCKS + 1  # 8 blocks, +1 when the face straddles the grid
     assert len(CenterFaceDetector(threshold=0.2, detect_size=None).detect(frame)) == 0
+
+
+def test_degraded_scenes_defocus_and_compress_the_whole_frame(faces: list[recall.LibraryFace]) -> None:
+    import cv2
+
+    scenes = recall.degraded_scenes(faces, widths=(64,), per_cell=2, frames=1)
+    assert {s.condition for s in scenes} == {"defocus", "compression"}
+    for scene in scenes:
+        degraded, truths = scene.render(faces, 0)
+        clean, clean_truths = recall.Scene(scene.condition, scene.size, scene.placements, recall.FrameEffects(), 1,
+                                           scene.seed).render(faces, 0)
+        assert [t.box.tolist() for t in truths] == [t.box.tolist() for t in clean_truths]  # the same faces, only degraded
+        sharpness = [cv2.Laplacian(cv2.cvtColor(i, cv2.COLOR_RGB2GRAY), cv2.CV_64F).var() for i in (degraded, clean)]
+        if scene.condition == "defocus":
+            assert sharpness[0] < 0.2 * sharpness[1], (scene.label, sharpness)
+        else:  # JPEG at quality 10 or 5: blocks and lost detail, colours kept in order (RGB in, RGB out)
+            assert np.abs(degraded.astype(int) - clean).mean() > 2
+            assert np.abs(degraded.astype(float).mean((0, 1)) - clean.mean((0, 1))).max() < 3
