@@ -236,11 +236,10 @@ def fold_coarse(fine: Detections, coarse: Detections) -> Detections:
       degrees on the recall benchmark: 30% of the frame covered). Where the coarse box is more than
       :data:`COARSE_GROW_AREA` times larger, the face was too large for the full-size view, which found it by a
       part (600 px faces on a 720p frame: boxes half their width): the box grows to the union.
-    - **anything else**: a face only the coarse view found (smeared, large); it is added. That includes a
-      coarse box around several faces seen as one (motion-blurred faces packed 1.9 face widths apart, at a
-      quarter size): an over-cover, measured (README). Telling such a group from the parts a full-size view
-      finds of one close-up face (two to four boxes, side by side or overlapping) was tried and failed on
-      close-ups: privacy first, the box stays.
+    - **anything else**: a face only the coarse view found (smeared, large); it is added. That may be a
+      coarse box around several faces seen as one (motion-blurred faces packed 1.9 face widths apart): an
+      over-cover. Telling such a group from the parts a full-size view finds of one close-up face (two to
+      four boxes, side by side or overlapping) was tried and failed on close-ups: privacy first, it stays.
 
     >>> def boxes(*b):
     ...     return Detections(np.array(b, np.float32), np.linspace(0.6, 0.3, len(b)).astype(np.float32), np.zeros((len(b), 5, 2), np.float32))
