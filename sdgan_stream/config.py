@@ -85,9 +85,10 @@ class AnonymizeOptions:
     # are tiled so one call's memory stays bounded.
     tile_size: tuple[int, int] | None = (3840, 2160)  # largest detector call; larger frames: tiles + the whole frame shrunk
     border: float = 0.02  # mirrored pad on the frame edges (fraction of the shorter side): border-cut faces
-    # The whole frame again at these fractions of the detection scale, every frame: faces smeared by motion blur
-    # or defocus, and close-ups, that the network misses at full size and finds shrunk (a third more detector time
-    # for 1/2 and 1/4 at 720p-1080p; recall per condition in the README, "Which faces are found"). () = off.
+    # The whole frame again at these fractions of the detection scale, every frame (every other frame live: api.py):
+    # faces smeared by motion blur or defocus, and close-ups, that the network misses at full size and finds shrunk
+    # (a third more detector time for 1/2 and 1/4 at 720p-1080p; recall per condition in the README, "Which faces
+    # are found"). () = off.
     pyramid: tuple[float, ...] = (0.5, 0.25)
     # One quarter-turned pass (90/180/270 in turn) every N frames to discover turned faces; 0 = none. Every
     # angle within 12 frames, inside the files' 0.5 s look-back; a found turned face is then followed on

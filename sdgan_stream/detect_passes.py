@@ -13,8 +13,9 @@ to frame pixels and merged:
 - **a border pad**: every main pass sees its frame edges mirrored outwards by ``border`` of the frame's
   shorter side, so a face cut by the border still has its centre, and a face-like context, inside the
   network's view (CenterFace finds a face by its centre).
-- **coarse passes, every frame (the pyramid)**: the whole frame, upright, again at ``pyramid`` fractions of
-  the detection scale (1/2 and 1/4 by default). At one scale CenterFace misses faces that motion blur or
+- **coarse passes, every ``pyramid_every`` frames (the pyramid)**: the whole frame, upright, again at
+  ``pyramid`` fractions of the detection scale (1/2 and 1/4 by default; every frame for files, every
+  other frame for live sources). At one scale CenterFace misses faces that motion blur or
   defocus has smeared and faces too large for its view (a close-up), and finds many of them shrunk
   (``benchmarks/bench_recall.py``, README "Which faces are found"). A shrunk view costs the square of its
   scale: 1/2 and 1/4 add about a third to a full pass. A coarse pass adds only faces the finer passes
@@ -360,7 +361,10 @@ class MultiPassDetector:
             is detected in overlapping tiles plus once shrunk into one tile; ``None`` = never tiled.
         border: mirrored pad on the frame edges, as a fraction of the frame's shorter side.
         pyramid: fractions (each in (0, 1)) of the detection scale at which the whole frame is also looked at
-            upright, on every whole-frame look; ``()`` = none (the job options' default is 1/2 and 1/4).
+            upright, on whole-frame looks; ``()`` = none (the job options' default is 1/2 and 1/4).
+        pyramid_every: frames between two looks through the pyramid (1: every whole-frame look). Live
+            sources use 2 (``api.build_detector``): a face only a coarse view finds is tracked over the frame
+            between, and the filter keeps more of its frame rate.
         rotations: quarter turns (90, 180, 270) tried on a schedule, one per ``rotation_every`` frames.
         rotation_every: frames between two scheduled turns (discovery; a face found turned is then
             followed on every frame in a crop, see the module docstring); 0 = no turns.
@@ -385,6 +389,7 @@ class MultiPassDetector:
         tile_size: tuple[int, int] | None = None,
         border: float = 0.0,
         pyramid: Sequence[float] = (),
+        pyramid_every: int = 1,
         rotations: Sequence[int] = (90, 180, 270),
         rotation_every: int = 1,
         turned_min_score: float = TURNED_MIN_SCORE,
@@ -399,6 +404,8 @@ class MultiPassDetector:
         if rotation_every < 0:
             raise ValueError(f"rotation_every must be >= 0, got {rotation_every}")
         check_pyramid(tuple(pyramid))
+        if pyramid_every < 1:
+            raise ValueError(f"pyramid_every must be >= 1, got {pyramid_every}")
         if whole_every < 1:
             raise ValueError(f"whole_every must be >= 1, got {whole_every}")
         if pass_threads < 1:
@@ -411,6 +418,7 @@ class MultiPassDetector:
         self.tile_size = tile_size
         self.border = border
         self.pyramid = tuple(pyramid)
+        self.pyramid_every = pyramid_every
         self.rotations = tuple(rotations)
         self.rotation_every = rotation_every if self.rotations else 0
         self.turned_min_score = turned_min_score
@@ -428,7 +436,8 @@ class MultiPassDetector:
         turns = (f"a quarter turn every {self.rotation_every} frame(s), turned faces followed" if self.rotation_every
                  else "no turns")
         whole = "the whole frame every frame" if whole_every == 1 else f"the whole frame every {whole_every} frames, crops around faces between"
-        coarse = f"also at {', '.join(f'{f:g}' for f in self.pyramid)} of that scale" if self.pyramid else "no pyramid"
+        coarse = (f"also at {', '.join(f'{f:g}' for f in self.pyramid)} of that scale every {pyramid_every} frame(s)" if self.pyramid
+                  else "no pyramid")
         log.info("detector passes: frames %s (%s), %s, border pad %g, %s, %s", scale, coarse, tiles, border, turns, whole)
 
     @property
@@ -449,7 +458,7 @@ class MultiPassDetector:
             self._plans[(width, height)] = plan
             self._coarse[(width, height)] = plan_coarse_passes(width, height, self.pyramid, detect_size=self.detect_size,
                                                                tile_size=self.tile_size, border=self.border)
-        whole = plan + self._coarse[(width, height)]
+        whole = plan + (self._coarse[(width, height)] if frame % self.pyramid_every == 0 else [])
         passes = whole if frame % self.whole_every == 0 else self._around_upright_faces(width, height, whole)
         if self.rotation_every and frame % self.rotation_every == 0:
             rotation = self.rotations[(frame // self.rotation_every) % len(self.rotations)]

@@ -820,3 +820,28 @@ def test_a_coarse_find_lifts_only_the_finer_box_it_matches_best() -> None:
     folded = fold_coarse(fine, coarse)
     assert folded.boxes.tolist() == fine.boxes.tolist()  # nothing added: both coarse finds are this face
     assert folded.scores.tolist() == pytest.approx([0.76, 0.16])
+
+
+def test_live_sources_look_through_the_pyramid_every_other_frame_and_keep_what_it_found_covered() -> None:
+    """A live filter drops frames when it is slow: it runs the coarse views on every other frame. A face only
+    they find (smeared) stays covered on the frame between, by its track."""
+    import time
+    from fractions import Fraction
+
+    from sdgan_stream.anonymize import CoverRenderer
+    from sdgan_stream.api import build_anonymizer, build_detector
+    from sdgan_stream.types import VideoFrame, VideoInfo
+
+    assert build_detector(AnonymizeOptions(), live=True).pyramid_every == 2
+    assert build_detector(AnonymizeOptions()).pyramid_every == 1
+    detector = MultiPassDetector(_ScaleNetwork(0.9), pyramid=(0.5,), pyramid_every=2, rotation_every=0)
+    assert [any(p.coarse for p in detector.passes_for(800, 600, k)) for k in range(4)] == [True, False, True, False]
+    with pytest.raises(ValueError, match="pyramid_every"):
+        MultiPassDetector(_ScaleNetwork(0.9), pyramid=(0.5,), pyramid_every=0)
+
+    info = VideoInfo(width=800, height=600, time_base=Fraction(1, 25), average_rate=Fraction(25))
+    anonymizer = build_anonymizer(AnonymizeOptions(), info, live=True, detector=detector, renderer=CoverRenderer())
+    for k in range(4):
+        [item] = anonymizer.analyse_frame(VideoFrame(np.zeros((600, 800, 3), np.uint8), k, k, Fraction(1, 25), time.monotonic()))
+        smeared = [f for f in item.faces if f.box[0] < 420 and f.box[2] > 580 and f.box[1] < 220 and f.box[3] > 380]
+        assert smeared, f"frame {k}: the face only the coarse view finds is not covered"
