@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "photos": str(args.photos) if args.photos else "in-package photos",
         "library_faces": len(faces),
-        "defaults": {k: getattr(AnonymizeOptions(), k) for k in ("method", "threshold", "detect_size", "tile_size", "border", "rotation_every")},
+        "defaults": {k: getattr(AnonymizeOptions(), k) for k in ("method", "threshold", "detect_size", "tile_size", "border", "pyramid", "rotation_every")},
         "same_person_distance": limit,
         "cells": table,
         "recognised_total": {name: int(sum(c[name] for c in table.values())) for name in ("original", "ours", "deface")},
