@@ -44,6 +44,7 @@ __all__ = [
     "FOUND_EYE",
     "FOUND_FACE",
     "RESOLUTIONS",
+    "AttackResult",
     "DefaceSystem",
     "FaceResult",
     "FaceTruth",
@@ -735,16 +736,39 @@ def summarize(results: Sequence[FaceResult]) -> dict[str, dict[str, dict[str, fl
     return out
 
 
+@dataclass(frozen=True)
+class AttackResult:
+    """What :class:`RecognitionAttack` made of one face on one frame."""
+
+    distance: float  # to the library face's own embedding
+    nearest_other: float  # to the nearest library face of another person
+
+    @property
+    def verified(self) -> bool:
+        """Someone holding this person's photo would accept the match (dlib's 0.6)."""
+        return self.distance < RecognitionAttack.same_person
+
+    @property
+    def identified(self) -> bool:
+        """Verified, and nobody else in the library is nearer: someone holding photos of all these people
+        would name this one. A degraded chip (half of it outside the frame, or a blur) can fall under 0.6
+        of several people at once; that is a verification, not an identification."""
+        return self.verified and self.distance < self.nearest_other
+
+
 class RecognitionAttack:
     """Is a pasted face still recognisable on a frame? An attacker who knows exactly where the face is
     (the scene's own geometry) warps it back upright at its library photo's size (bicubic upscaling),
     and dlib's recognizer embeds it with the library face's own 68 points: the best alignment an
     attacker could have. :meth:`distance` is the distance of that embedding to the library face's own;
-    under ``same_person`` (dlib's 0.6) the face counts as recognised. Run on the untouched frame, it
-    shows what the attack achieves at that size, turn or cut; on an anonymized one, what it still does.
+    under ``same_person`` (dlib's 0.6) the face counts as recognised. :meth:`attack` also compares it with
+    every other person of the library (faces under ``link_distance`` of each other count as one person,
+    the rule ``prepare-data`` groups people by). Run on the untouched frame, it shows what the attack
+    achieves at that size, turn or cut; on an anonymized one, what it still does.
     """
 
     same_person = 0.6
+    link_distance = 0.55
 
     def __init__(self, faces: Sequence[LibraryFace]) -> None:
         from .recognizer import FaceRecognizer
@@ -752,15 +776,27 @@ class RecognitionAttack:
         self.faces = list(faces)
         self.recognizer = FaceRecognizer()
         self._points = [self.recognizer.shape(f.image, f.box) for f in self.faces]
-        self._gallery = [self.recognizer.embed(f.image, p) for f, p in zip(self.faces, self._points)]
+        self._gallery = np.array([self.recognizer.embed(f.image, p) for f, p in zip(self.faces, self._points)])
+        between = np.linalg.norm(self._gallery[:, None] - self._gallery[None], axis=-1)
+        self._others = between >= self.link_distance  # (N, N): j is another person than k
 
-    def distance(self, frame: np.ndarray, placement: Placement, index: int) -> float:
+    def _embedding(self, frame: np.ndarray, placement: Placement, index: int) -> tuple[int, np.ndarray]:
         k = placement.face % len(self.faces)
         face = self.faces[k]
         height, width = face.image.shape[:2]
         back = cv2.invertAffineTransform(face_to_frame(face, placement, index))
         chip = cv2.warpAffine(frame, back, (width, height), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        return float(np.linalg.norm(self.recognizer.embed(chip, self._points[k]) - self._gallery[k]))
+        return k, self.recognizer.embed(chip, self._points[k])
+
+    def distance(self, frame: np.ndarray, placement: Placement, index: int) -> float:
+        k, embedding = self._embedding(frame, placement, index)
+        return float(np.linalg.norm(embedding - self._gallery[k]))
+
+    def attack(self, frame: np.ndarray, placement: Placement, index: int) -> AttackResult:
+        k, embedding = self._embedding(frame, placement, index)
+        distances = np.linalg.norm(self._gallery - embedding, axis=1)
+        others = distances[self._others[k]]
+        return AttackResult(float(distances[k]), float(others.min()) if others.size else float("inf"))
 
 
 class PipelineSystem:

@@ -128,6 +128,28 @@ def test_no_face_of_the_issue_clip_stays_recognisable_at_the_defaults(faces: lis
         assert min(after.values()) >= attack.same_person, after
 
 
+def test_a_match_is_an_identification_only_when_nobody_else_is_nearer() -> None:
+    # a half-black or blurred chip can fall under 0.6 of several people: a verification, not a name
+    assert recall.AttackResult(0.55, 0.70).identified
+    assert recall.AttackResult(0.55, 0.50).verified and not recall.AttackResult(0.55, 0.50).identified
+    assert not recall.AttackResult(0.65, 0.90).verified and not recall.AttackResult(0.65, 0.90).identified
+
+
+def test_the_attack_names_a_sharp_face_and_not_a_covered_one(faces: list[recall.LibraryFace]) -> None:
+    scene = recall.Scene("size", (1280, 720), [recall.Placement(0, 160.0, 0.0, (400.0, 360.0), 1.0, (0.0, 0.0), "160px")],
+                         recall.FrameEffects(), 1, 0)
+    frame, truths = scene.render(faces, 0)
+    attack = recall.RecognitionAttack(faces)
+    placement = scene.placements[0]
+    sharp = attack.attack(frame, placement, 0)
+    assert sharp.identified and sharp.nearest_other > sharp.distance
+    assert sharp.distance == pytest.approx(attack.distance(frame, placement, 0))
+    covered = frame.copy()
+    x1, y1, x2, y2 = truths[0].region
+    covered[y1:y2, x1:x2] = 128
+    assert not attack.attack(covered, placement, 0).verified
+
+
 def test_the_whole_frame_fallback_leaves_a_full_frame_face_at_most_8_blocks_across(faces: list[recall.LibraryFace]) -> None:
     import cv2
 
