@@ -800,14 +800,16 @@ class RecognitionAttack:
 
 
 class PipelineSystem:
-    """sdgan-stream's own stage chain (:func:`~sdgan_stream.api.build_anonymizer`), as a file job runs it.
+    """sdgan-stream's own stage chain (:func:`~sdgan_stream.api.build_anonymizer`), as a file job runs it
+    (``live``: as a live source's job does: no look-back, the live detector schedule).
 
     The cover is forced to ``solid`` (same shape as every cover method; every covered pixel changes)
     unless ``keep_method``; all other options are the caller's. One detector serves all scenes; tracking
     state is fresh per scene. ``detect_ms`` collects the detector's time per frame.
     """
 
-    def __init__(self, name: str, options: AnonymizeOptions | None = None, *, fps: float = 25.0, keep_method: bool = False) -> None:
+    def __init__(self, name: str, options: AnonymizeOptions | None = None, *, fps: float = 25.0, keep_method: bool = False,
+                 live: bool = False) -> None:
         from .api import build_detector
         from .config import AnonymizeOptions
 
@@ -816,7 +818,8 @@ class PipelineSystem:
         if not keep_method:
             self.options = self.options.with_overrides(method="solid")
         self.fps = fps
-        self.detector = build_detector(self.options)
+        self.live = live
+        self.detector = build_detector(self.options, live=live)
         self.detect_ms: list[tuple[tuple[int, int], float]] = []
 
     def __call__(self, frames: list[np.ndarray]) -> list[np.ndarray]:
@@ -838,7 +841,7 @@ class PipelineSystem:
         if reset is not None:
             reset()
         detector = _Timed(self.detector, self.detect_ms)
-        anonymizer = build_anonymizer(self.options, info, detector=detector)  # type: ignore[arg-type]
+        anonymizer = build_anonymizer(self.options, info, live=self.live, detector=detector)  # type: ignore[arg-type]
         out = []
         for i, image in enumerate(frames):
             out += anonymizer.push(VideoFrame(image, i, i, 1 / rate, time.monotonic()))

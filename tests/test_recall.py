@@ -128,6 +128,16 @@ def test_no_face_of_the_issue_clip_stays_recognisable_at_the_defaults(faces: lis
         assert min(after.values()) >= attack.same_person, after
 
 
+def test_the_pipeline_system_runs_a_live_job_as_live_sources_are_run(faces: list[recall.LibraryFace]) -> None:
+    # live: the live detector schedule (the pyramid every other frame) and no look-back
+    scene = recall.Scene("size", (640, 360), [recall.Placement(0, 64.0, 0.0, (320.0, 180.0), 1.0, (0.0, 0.0), "64px")],
+                         recall.FrameEffects(), 2, 0)
+    live = recall.PipelineSystem("live", live=True)
+    assert live.detector.pyramid_every == 2 and recall.PipelineSystem("file").detector.pyramid_every == 1
+    results = recall.run_scenes([scene], faces, [live])["live"]
+    assert [r.found for r in results] == [True, True]
+
+
 def test_a_match_is_an_identification_only_when_nobody_else_is_nearer() -> None:
     # a half-black or blurred chip can fall under 0.6 of several people: a verification, not a name
     assert recall.AttackResult(0.55, 0.70).identified
