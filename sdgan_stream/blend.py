@@ -314,9 +314,15 @@ def paste_back(
     method: BlendMethod = "seamless",
     feather: float = DEFAULT_FEATHER,
     adjust: Callable[[np.ndarray], np.ndarray] | None = None,
+    replaced: np.ndarray | None = None,
 ) -> None:
     """Blend ``generated_crop`` (aligned like ``prepared.crop``) into ``image`` in place. ``adjust`` receives
-    the blended (S, S, 3) uint8 crop (:func:`blend_crop`) before it is warped back and returns the one to paste."""
+    the blended (S, S, 3) uint8 crop (:func:`blend_crop`) before it is warped back and returns the one to paste.
+
+    ``replaced`` ((H, W) bool, updated in place): the pixels other faces' regions replaced in this frame so
+    far. Outside its own region a paste writes the crop's context, cut from the frame before any face was
+    drawn: the original pixels. Over another face's replaced region that would bring that face back, so
+    there this paste keeps its hands off; its own region is then added to ``replaced``."""
     size = prepared.size
     if generated_crop.shape[:2] != (size, size):
         generated_crop = cv2.resize(generated_crop, (size, size), interpolation=cv2.INTER_AREA)
@@ -339,6 +345,12 @@ def paste_back(
         return
     patch, (x1, y1, x2, y2) = warped
     weight = np.clip(warped_alpha[0], 0.0, 1.0)
+    if replaced is not None:
+        own = warp_to_image(prepared.region_mask.astype(np.float32), prepared.matrix, image.shape, crop_rect=rect)
+        own_region = own[0] >= 0.5 if own is not None else np.zeros(weight.shape, bool)
+        others = replaced[y1:y2, x1:x2]
+        weight = np.where(others & ~own_region, 0.0, weight).astype(weight.dtype)
+        others |= own_region
     roi = image[y1:y2, x1:x2]
     # blendLinear: (patch * w + roi * (1 - w)) in C++, rounded; weight 0 leaves a pixel exactly as it was
     roi[...] = cv2.blendLinear(patch, np.ascontiguousarray(roi), weight, 1.0 - weight)

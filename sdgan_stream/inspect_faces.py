@@ -133,6 +133,9 @@ def inspect_image(
 
     records: list[dict] = []
     anonymized = image.copy() if generator is not None else None
+    # as the renderer draws a frame: no paste ring over another face's region, covers last
+    replaced = np.zeros(image.shape[:2], bool)
+    to_cover: list[np.ndarray] = []
     for index, result in enumerate(results):
         face = result.face
         record: dict = {
@@ -147,8 +150,7 @@ def inspect_image(
         }
         if isinstance(result, FaceFallback):
             record["fallback"] = result.reason
-            if anonymized is not None:
-                apply_cover(anonymized, face.box, method=fallback)
+            to_cover.append(face.box)
             records.append(record)
             continue
         face_dir = out / f"face_{index:02d}"
@@ -160,7 +162,7 @@ def inspect_image(
         crop_out = generated_by_id.get(id(result))
         if crop_out is not None:
             write_image(face_dir / "generated.png", np.asarray(crop_out, np.uint8))
-            paste_back(anonymized, np.asarray(crop_out, np.uint8), result)
+            paste_back(anonymized, np.asarray(crop_out, np.uint8), result, replaced=replaced)
         record.update(
             landmarks68=np.round(result.landmarks68.astype(np.float64), 2).tolist(),
             classes=classes_present(result.labels),
@@ -170,6 +172,8 @@ def inspect_image(
 
     write_image(out / "overview.png", _overview(image, results))
     if anonymized is not None:
+        for box in to_cover:
+            apply_cover(anonymized, box, method=fallback)
         write_image(out / "anonymized.png", anonymized)
     with open(out / "faces.json", "w", encoding="utf-8") as fh:
         json.dump({"image": str(image_path), "size": size, "faces": records}, fh, indent=1)

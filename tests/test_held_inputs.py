@@ -58,6 +58,19 @@ def test_a_face_that_moved_less_than_the_hold_keeps_its_map_and_its_own_face() -
     np.testing.assert_array_equal(second.landmarks68, points + 0.6 * HOLD_PX)  # placement stays this frame's
 
 
+def test_a_held_region_never_shrinks_under_a_guessed_boxs_region() -> None:
+    # the region's box part follows the box: a coasting track's widened guess joins the held region
+    points = _points()
+    guess = dataclasses.replace(_prepared(points, label=3), face=Face(box=np.array([0, 0, S, S], np.float32), score=0.9,
+                                                                      track_id=1, identity_seed=3, source="predicted"))
+    grown, = _frames(_renderer(), [_prepared(points, label=1), guess])[1:]
+    assert grown.labels[0, 0] == 1 and grown.region_mask[0, 0] == pytest.approx(0.3)
+    shrunk, = _frames(_renderer(), [_prepared(points, label=3), dataclasses.replace(guess, region_mask=np.full((S, S), 0.1, np.float32))])[1:]
+    assert shrunk.labels[0, 0] == 3 and shrunk.region_mask[0, 0] == pytest.approx(0.3)  # the held one, reused
+    detected, = _frames(_renderer(), [_prepared(points, label=1), _prepared(points, label=3)])[1:]
+    assert detected.region_mask[0, 0] == pytest.approx(0.1)  # a detected box's jitter: the held region as it was
+
+
 def test_a_point_that_moved_past_the_hold_brings_the_new_map() -> None:
     points = _points()
     mouth = points.copy()

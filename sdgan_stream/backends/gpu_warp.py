@@ -148,6 +148,7 @@ def paste_crops(
     *,
     mode: str | None = None,
     clamp: tuple[float, float] | None = (0.0, 255.0),
+    regions: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Blend each crop into ``frame`` (C, H, W) in place through the inverse of its matrix; returns ``frame``.
 
@@ -156,6 +157,10 @@ def paste_crops(
     blends are then applied face by face (in order, so later faces win where faces overlap), with
     no host synchronisation. ``mode`` defaults to bicubic when any crop is enlarged on the way back
     (as :func:`sdgan_stream.blend.paste_back` does with INTER_CUBIC), else bilinear.
+
+    ``regions`` (B, 1, S, S), each face's replaced region: outside its own region a crop holds its
+    context, cut before any face was pasted (the original pixels), so no face's alpha may reach into a
+    region an earlier face replaced (it would bring that face back); as ``blend.paste_back(replaced=...)``.
     """
     if crops.shape[0] == 0:
         return frame
@@ -178,16 +183,26 @@ def paste_crops(
     shift[:, :2, 2] = offsets
     # Region pixel (x, y) is image pixel (x + x1, y + y1), which the matrix sends to crop pixel M (x + x1, y + y1).
     theta = _pixel_to_normalized(size, size, m) @ _homogeneous(m) @ shift @ _normalized_to_pixel(region_w, region_h, m)
-    source = torch.cat([crops[keep], alphas[keep].to(crops.dtype)], dim=1)
+    channels = [crops[keep], alphas[keep].to(crops.dtype)]
+    if regions is not None:
+        channels.append(regions[keep].to(crops.dtype))
+    source = torch.cat(channels, dim=1)
+    replaced = torch.zeros((1, height, width), dtype=torch.bool, device=frame.device) if regions is not None else None
+    colours = crops.shape[1]
     grid = F.affine_grid(theta[:, :2].to(source.dtype), [len(keep), source.shape[1], region_h, region_w], align_corners=False)
     # Zeros outside the crop: the warped alpha is 0 there, so the frame keeps its pixels.
     warped = F.grid_sample(source, grid, mode=mode, padding_mode="zeros", align_corners=False)
     for j, i in enumerate(keep):
         x1, y1, x2, y2 = (int(v) for v in boxes[i])
-        patch = warped[j, :-1, : y2 - y1, : x2 - x1]
+        patch = warped[j, :colours, : y2 - y1, : x2 - x1]
         if clamp is not None:
             patch = patch.clamp(*clamp)
-        alpha = warped[j, -1:, : y2 - y1, : x2 - x1].clamp(0.0, 1.0)
+        alpha = warped[j, colours : colours + 1, : y2 - y1, : x2 - x1].clamp(0.0, 1.0)
+        if replaced is not None:
+            own = warped[j, colours + 1 :, : y2 - y1, : x2 - x1] >= 0.5
+            others = replaced[:, y1:y2, x1:x2]
+            alpha = torch.where(others & ~own, torch.zeros_like(alpha), alpha)
+            others |= own
         roi = frame[:, y1:y2, x1:x2]
         roi.copy_(roi * (1 - alpha) + patch.to(frame.dtype) * alpha)
     return frame
@@ -453,7 +468,7 @@ class DeviceFrameRenderer:
         composite = torch.where(region, generated, crops)
         colour = seamless_blend(composite, crops, seamless_plan(faces)).round() if self.blend else composite
         alpha = feather_alpha(region.float(), self.feather * size)
-        paste_crops(frame, colour, alpha, matrices)
+        paste_crops(frame, colour, alpha, matrices, regions=region.float())
         host.copy_(frame.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0), non_blocking=True)
         crops_out = composite.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # synchronizes the stream
         if self.device.type == "cuda":
