@@ -2,9 +2,13 @@
 
 A tracked face is left untouched only when the recognizer has matched it to a person of the keep list
 at a strict threshold on ``confirmations`` checks in a row; it is re-checked every ``recheck_every``
-frames, and one failed check anonymizes it again. Everything uncertain is anonymized: untracked faces,
-faces the tracker only predicts or looks back to (their box may have drifted onto someone else),
-faces whose landmarks cannot be fitted, and every face of a frame where the recognizer fails.
+frames, and one failed check anonymizes it again. A track can pass to someone else (two people cross,
+or the kept person leaves and a stranger is detected near the track's predicted box), so a confirmed
+face is checked again at once, on the frame itself, when its track was not detected on the frame before,
+when its box jumped (:data:`JUMP_SHARE`, :data:`JUMP_SCALE`) or when another face is near it
+(:data:`NEAR_SHARE`). Everything uncertain is anonymized: untracked faces, faces the tracker only
+predicts or looks back to (their box may have drifted onto someone else), faces whose landmarks cannot
+be fitted, and every face of a frame where the recognizer fails.
 
 The folder holds one photo per person (``DIR/name.jpg``) or several (``DIR/name/*.jpg``); the largest
 face of each photo is that person. A photo without a face is an error before any frame is written.
@@ -29,6 +33,12 @@ __all__ = ["ExemptFaces", "STRICTNESS"]
 # The exempt threshold is this share of the recognizer's own same-person distance (dlib: 0.6 -> 0.42):
 # being left visible by mistake is the costly error, so the match must be far inside "same person".
 STRICTNESS = 0.7
+# A confirmed face is checked again at once when its box centre moved more than this share of its width
+# since the frame before, or its width changed by more than this factor, ...
+JUMP_SHARE = 0.25
+JUMP_SCALE = 1.5
+# ... or when another face's box comes within this share of either face's width of its box.
+NEAR_SHARE = 0.5
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
@@ -36,7 +46,26 @@ _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 class _TrackMatch:
     hits: int = 0  # consecutive checks that matched
     checked_at: int = -(10**9)
-    last_seen: int = 0
+    last_seen: int = 0  # the last frame the track was detected
+    box: np.ndarray | None = None  # its box then
+
+
+def _jumped(before: np.ndarray, now: np.ndarray) -> bool:
+    width_before, width_now = float(before[2] - before[0]), float(now[2] - now[0])
+    centre_shift = float(np.hypot(*((now[:2] + now[2:]) - (before[:2] + before[2:])) / 2))
+    scale = max(width_now, 1e-6) / max(width_before, 1e-6)
+    return centre_shift > JUMP_SHARE * width_before or not 1 / JUMP_SCALE <= scale <= JUMP_SCALE
+
+
+def _near_others(faces: Sequence[Face]) -> list[bool]:
+    """Per face: whether another face's box lies within ``NEAR_SHARE`` of a face width of its box."""
+    boxes = np.array([f.box for f in faces], np.float32).reshape(-1, 4)
+    grown = boxes + NEAR_SHARE * (boxes[:, 2:3] - boxes[:, 0:1]) * np.array([-1, -1, 1, 1], np.float32)
+    apart_x = (grown[:, None, 2] < boxes[None, :, 0]) | (boxes[None, :, 2] < grown[:, None, 0])
+    apart_y = (grown[:, None, 3] < boxes[None, :, 1]) | (boxes[None, :, 3] < grown[:, None, 1])
+    near = ~(apart_x | apart_y)
+    np.fill_diagonal(near, False)
+    return list(near.any(0) | near.any(1))
 
 
 class ExemptFaces:
@@ -105,23 +134,26 @@ class ExemptFaces:
         anonymize: list[Face] = []
         keep: list[Face] = []
         try:
-            for face in faces:
-                (keep if self._exempt(image, face) else anonymize).append(face)
+            for face, crowded in zip(faces, _near_others(faces)):
+                (keep if self._exempt(image, face, crowded=crowded) else anonymize).append(face)
         except Exception:  # a recognizer failure: nobody is exempt on this frame
             log.exception("keep-faces check failed: anonymizing every face of this frame")
             return list(faces), []
         return anonymize, keep
 
-    def _exempt(self, image: np.ndarray, face: Face) -> bool:
+    def _exempt(self, image: np.ndarray, face: Face, *, crowded: bool = False) -> bool:
         if face.track_id is None or face.source != "detected":
             return False
         track = self._tracks.setdefault(face.track_id, _TrackMatch())
-        track.last_seen = self._frame
         confirmed = track.hits >= self.confirmations
+        # the track may have passed to someone else since it was last seen (see the module docstring)
+        handed_over = (self._frame - track.last_seen > 1 or crowded
+                       or (track.box is not None and _jumped(track.box, np.asarray(face.box, np.float32))))
+        track.last_seen, track.box = self._frame, np.asarray(face.box, np.float32).copy()
         # A match being confirmed is checked again on the next frame; a confirmed or a failed one waits
         # recheck_every frames (a crowd of strangers costs one embedding per person per interval).
         waiting = self._frame - track.checked_at < self.recheck_every
-        if waiting and (confirmed or track.hits == 0):
+        if waiting and (track.hits == 0 or (confirmed and not handed_over)):
             return confirmed
         track.checked_at = self._frame
         points = self.landmarker(image, [face])[0]

@@ -112,6 +112,63 @@ def test_only_detected_faces_of_a_tracked_person_can_be_exempt() -> None:
     assert len(exempt.split(image, [Face(box=box, score=0.9, track_id=1)])[1]) == 1
 
 
+class _WhereYouStand:
+    """A toy recognizer: the person is told by where the face stands (left of x=200: the kept person)."""
+
+    name, same_person_distance, default_min_distance = "where", 0.6, 0.7
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def embed(self, image, landmarks68):
+        self.calls += 1
+        return np.array([[0.0 if float(landmarks68[0][:, 0].mean()) < 200 else 1.0]], np.float32)
+
+    def distances(self, a, b):
+        return np.abs(np.asarray(b)[None, :, 0] - np.asarray(a)[:, None, 0])
+
+
+def _centre_points(image, faces):
+    return [np.tile((f.box[:2] + f.box[2:]) / 2, (68, 1)).astype(np.float32) for f in faces]
+
+
+def test_a_stranger_who_takes_over_a_kept_persons_track_is_anonymized_at_once() -> None:
+    from sdgan_stream.track import FaceTracker
+    from sdgan_stream.types import Detections
+
+    recognizer = _WhereYouStand()
+    exempt = ExemptFaces(recognizer, {"kept": np.zeros((1, 1), np.float32)}, landmarker=_centre_points)
+    tracker = FaceTracker(fps=25, seed=0)
+    image = np.zeros((360, 640, 3), np.uint8)
+    kept_late = []
+    for frame in range(16):
+        x = 100.0 if frame < 6 else 160.0  # from frame 6 a stranger stands 60 px right: the tracker hands them the track
+        faces = tracker.update(Detections(np.array([[x, 100, x + 100, 200]], np.float32), np.array([0.9], np.float32),
+                                          np.full((1, 5, 2), np.nan, np.float32)))
+        kept = exempt.split(image, faces)[1]
+        if frame >= 6:
+            assert faces[0].track_id == 1 and not kept, f"frame {frame}: the stranger is left visible"
+        kept_late.append(bool(kept))
+    assert kept_late[3:6] == [True, True, True]  # the kept person was confirmed before (the case under test)
+
+
+def test_a_kept_face_is_checked_every_frame_while_someone_is_near_and_rarely_when_alone() -> None:
+    from sdgan_stream.types import Face
+
+    recognizer = _WhereYouStand()
+    exempt = ExemptFaces(recognizer, {"kept": np.zeros((1, 1), np.float32)}, landmarker=_centre_points, confirmations=1)
+    image = np.zeros((360, 640, 3), np.uint8)
+    kept = Face(box=np.array([50, 100, 150, 200], np.float32), score=0.9, track_id=1)
+    for _ in range(10):
+        assert exempt.split(image, [kept])[1] == [kept]
+    alone = recognizer.calls
+    assert alone == 1  # confirmed once, then re-checked only every recheck_every frames
+    neighbour = Face(box=np.array([170, 100, 270, 200], np.float32), score=0.9, track_id=2)  # 20 px away
+    for _ in range(5):
+        exempt.split(image, [kept, neighbour])
+    assert recognizer.calls - alone >= 5 + 1  # the kept face every frame, the neighbour once
+
+
 def test_a_keep_folder_without_faces_is_an_error_before_any_frame(two_people: SyntheticClip, tmp_path: Path) -> None:
     folder = tmp_path / "keep"
     folder.mkdir()
