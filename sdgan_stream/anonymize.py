@@ -160,6 +160,9 @@ class FrameAnonymizer:
         """Faces to anonymize on one display-orientation image shown at ``seconds`` on the stream's clock
         (the tracker steps by the time that passed: a live filter sees only some of the frames)."""
         detections = self.detector.detect(image)
+        unplaced = int((~np.isfinite(np.asarray(detections.boxes, np.float64)).all(1)).sum()) if len(detections) else 0
+        if unplaced:  # a face the detector found but cannot place: only covering the whole frame hides it
+            raise ValueError(f"the detector returned {unplaced} face(s) with a non-finite box")
         if self.tracker is not None:
             return self.tracker.update(detections, seconds=seconds)
         keep = detections.select(detections.scores >= self.display_threshold)

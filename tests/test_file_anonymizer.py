@@ -530,6 +530,20 @@ def test_a_failing_detector_covers_the_whole_frame() -> None:
     assert anonymizer.stats["frames_covered_whole"] == 1
 
 
+@pytest.mark.parametrize("track", [False, True])
+def test_a_face_the_detector_cannot_place_covers_the_whole_frame(track: bool) -> None:
+    # a non-finite box (an overflow in the network) is a face somewhere: nothing smaller than the frame hides it
+    from sdgan_stream.track import FaceTracker
+
+    tracker = FaceTracker(fps=25.0) if track else None
+    anonymizer = FrameAnonymizer(detector=_FixedDetector([np.nan, 30, 90, 90]), renderer=CoverRenderer(), tracker=tracker)
+    frame = _frame()
+    original = frame.image.copy()
+    out = anonymizer.push(frame)[0]
+    assert (np.abs(out.image.astype(int) - original.astype(int)).max(axis=2) > 20).mean() > 0.9
+    assert anonymizer.stats["frames_covered_whole"] == 1
+
+
 def test_persistently_failing_detector_ends_the_job() -> None:
     anonymizer = FrameAnonymizer(detector=_BrokenDetector(), renderer=CoverRenderer())
     with pytest.raises(RuntimeError, match="in a row"):
