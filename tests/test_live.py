@@ -346,6 +346,25 @@ def test_live_ends_with_its_source_and_reports(indexed_clip: IndexedClip, tmp_pa
     assert _assert_recording_covers_faces(out, indexed_clip) > 0  # analysed on another thread: still covered
 
 
+def test_a_turned_phone_video_played_live_is_analysed_and_published_upright(tmp_path: Path) -> None:
+    # stored 640x360 with a 90 degree display rotation: a live run turns it upright (360x640), so the faces
+    # are looked for upright, and records it as shown
+    from sdgan_stream.samples import make_face_clip
+
+    clip = make_face_clip(tmp_path / "phone.mp4", width=360, height=640, frames=20, faces=1, face_width=120, audio=False,
+                          rotation=90)
+    with LiveSource(str(clip.path)) as source:
+        info = source.wait_ready(timeout=30)
+        assert info is not None and (info.width, info.height) == (360, 640)
+        first = next(source.frames(threading.Event()))
+        assert first.image.shape == (640, 360, 3)
+    out = tmp_path / "live.mp4"
+    report = run_live(str(clip.path), output=out, stats_interval=0, **COVERS)
+    assert report.stats.get("faces_pixelate", 0) >= report.frames_out > 0  # the face found on every frame
+    recorded, _, _ = read_frames(out)
+    assert recorded[0].shape == (640, 360, 3)
+
+
 def test_live_stops_on_duration_with_lavfi() -> None:
     started = time.monotonic()
     report = run_live(LAVFI, duration=2.0, stats_interval=0, **COVERS)

@@ -36,6 +36,7 @@ import numpy as np
 from ..errors import InputError
 from ..redact import redact_text, redact_url
 from ..types import VideoFrame, VideoInfo
+from .source import normalise_rotation, to_display
 
 log = logging.getLogger(__name__)
 
@@ -206,8 +207,11 @@ class _PyAVConnection:
                         wait = start_wall + (seconds - start_pts) - time.monotonic()
                         if wait > 0 and self._stop.wait(wait):
                             return
-                self.width, self.height = frame.width, frame.height
-                yield frame.to_ndarray(format="rgb24")
+                # Live frames are handed on, and published, in display orientation: a stream or file that says
+                # its pictures are turned (a phone's) is turned upright here, so faces are looked for upright.
+                image = to_display(frame.to_ndarray(format="rgb24"), normalise_rotation(frame.rotation))
+                self.height, self.width = image.shape[:2]
+                yield image
             if self._stop.is_set():
                 return
 

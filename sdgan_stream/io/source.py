@@ -25,7 +25,7 @@ from ..types import VideoFrame, VideoInfo
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VIDEO_SUFFIXES", "ColourInfo", "VideoFileSource", "is_video_file"]
+__all__ = ["VIDEO_SUFFIXES", "ColourInfo", "VideoFileSource", "is_video_file", "normalise_rotation", "to_display", "to_stored"]
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".ts", ".mts", ".wmv", ".flv", ".3gp"})
 
@@ -34,7 +34,8 @@ def is_video_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES
 
 
-def _normalise_rotation(degrees: float) -> int:
+def normalise_rotation(degrees: float) -> int:
+    """A display rotation in degrees as one of 0, 90, 180, 270 (counter-clockwise)."""
     return int(round(degrees / 90.0)) * 90 % 360
 
 
@@ -147,7 +148,7 @@ class VideoFileSource:
                 continue
             for frame in decoded:
                 if first:
-                    self._first_rotation = _normalise_rotation(frame.rotation)
+                    self._first_rotation = normalise_rotation(frame.rotation)
                     first = False
                 yield frame
 
