@@ -18,7 +18,7 @@ from .config import AnonymizeOptions
 from .detect import CenterFaceDetector, select_providers
 from .detect_passes import FaceDetector, MultiPassDetector
 from .errors import OutputError
-from .io.sink import VideoFileSink, output_path_for
+from .io.sink import VideoFileSink, output_path_for, same_file
 from .io.source import VideoFileSource
 from .pipeline import run_pipeline
 from .types import VideoFrame, VideoInfo
@@ -231,7 +231,7 @@ def anonymize_video(
     options = (options or AnonymizeOptions()).with_overrides(**overrides)
     src = Path(src)
     dst = Path(dst) if dst is not None else output_path_for(src)
-    if dst.resolve() == src.resolve():
+    if same_file(src, dst):  # a symlink or a hard link to the input too
         raise OutputError(f"output would overwrite the input: {dst}")
     # One event stops both the reading (at the next frame) and the pipeline; the CLI sets it from signals.
     stop = stop_event or threading.Event()

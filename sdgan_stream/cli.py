@@ -15,7 +15,7 @@ from .cli_options import DEFAULTS as _DEFAULTS
 from .cli_options import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, HelpFormatter, add_job_options, options_from_args, run_handler
 from .cluster import add_cluster_options, cluster_config_from_args, run_cluster_command
 from .config import AnonymizeOptions
-from .errors import SdganStreamError
+from .errors import OutputError, SdganStreamError
 from .evaluate import add_evaluate_parser
 from .live_cli import add_live_parser, add_rtsp_parser
 from .pipeline import stop_on_signals
@@ -161,7 +161,10 @@ def _anonymize_paths(args: argparse.Namespace, options: AnonymizeOptions, stop: 
             return EXIT_ERROR
         out_dir = args.output
         if out_dir is not None:
-            out_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                out_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as error:  # a file of that name, or a folder that cannot be made
+                raise OutputError(f"cannot use {out_dir} as the output folder: {error.strerror or error}") from error
         status = EXIT_OK
         for video in videos:
             dst = out_dir / f"{video.stem}_anonymized{video.suffix}" if out_dir else None
@@ -211,8 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        parser = build_parser()  # imports the sub-commands' modules: a second or so in which Ctrl-C may land
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     # Our own set-up lines (which detector provider, which generator backend) are shown by default.
     logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.WARNING if args.quiet else logging.DEBUG if args.verbose > 1 else logging.INFO)

@@ -590,7 +590,7 @@ def run_live(
     """
     from .api import build_anonymizer, build_renderer, close_renderer
     from .errors import OutputError
-    from .io.sink import VideoFileSink
+    from .io.sink import VideoFileSink, same_file
 
     options = (options or AnonymizeOptions()).with_overrides(**overrides)
     stop = stop_event or threading.Event()
@@ -619,7 +619,7 @@ def run_live(
             renderer = owned_renderer = build_renderer(options, live=True)
         anonymizer = build_anonymizer(options, info, live=True, detector=detector, renderer=renderer)
         if output is not None:
-            if Path(output).exists() and Path(output).resolve() == Path(str(target.location)).resolve():
+            if same_file(output, str(target.location)):
                 raise OutputError(f"output would overwrite the input: {output}")
             recorder = VideoFileSink(output, info, crf=options.crf, preset=options.preset)
         processor = LiveProcessor(anonymizer, source)

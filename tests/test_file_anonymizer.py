@@ -318,6 +318,140 @@ def test_output_must_not_overwrite_input(face_clip: SyntheticClip) -> None:
         anonymize_video(face_clip.path, face_clip.path, **COVERS)
 
 
+def test_a_hard_link_to_the_input_is_refused_and_the_input_kept(face_clip: SyntheticClip, tmp_path: Path) -> None:
+    import os
+
+    source = tmp_path / "in.mp4"
+    source.write_bytes(face_clip.path.read_bytes())
+    link = tmp_path / "link.mp4"
+    os.link(source, link)
+    with pytest.raises(OutputError, match="overwrite"):
+        anonymize_video(source, link, **COVERS)
+    assert source.read_bytes() == face_clip.path.read_bytes()
+
+
+def test_a_job_failing_before_its_first_frame_leaves_an_existing_output_as_it_was(face_clip: SyntheticClip, tmp_path: Path) -> None:
+    # AAC audio cannot go into WebM: the job fails while the output is being set up
+    existing = tmp_path / "done.webm"
+    existing.write_bytes(b"an earlier, finished output")
+    with pytest.raises(OutputError, match="no-audio"):
+        anonymize_video(face_clip.path, existing, **COVERS)
+    assert existing.read_bytes() == b"an earlier, finished output"
+    # an output the job created itself is removed, not left empty
+    with pytest.raises(OutputError):
+        anonymize_video(face_clip.path, tmp_path / "out.xyz", **COVERS)
+    assert not (tmp_path / "out.xyz").exists()
+
+
+class _FullDisk:
+    """An output container whose last write (the trailer, at close) fails as a full disk does."""
+
+    def __init__(self, container) -> None:
+        self._container = container
+
+    def __getattr__(self, name):
+        return getattr(self._container, name)
+
+    def close(self) -> None:
+        import av
+
+        self._container.close()
+        raise av.error.OSError(27, "File too large")
+
+
+def test_a_write_failing_when_the_output_is_finished_is_a_clear_error(face_clip: SyntheticClip, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sdgan_stream.io.sink import VideoFileSink
+
+    real_init = VideoFileSink.__init__
+
+    def with_a_full_disk(self, *args, **kwargs) -> None:
+        real_init(self, *args, **kwargs)
+        self._container = _FullDisk(self._container)
+
+    monkeypatch.setattr(VideoFileSink, "__init__", with_a_full_disk)
+    with pytest.raises(OutputError, match="File too large"):
+        anonymize_video(face_clip.path, tmp_path / "out.mp4", **COVERS)
+
+
+def test_a_folder_output_that_is_a_file_is_a_one_line_error(face_clip: SyntheticClip, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    (folder / "a.mp4").write_bytes(face_clip.path.read_bytes())
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    assert main(["anonymize", str(folder), "-o", str(taken), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cannot use")
+
+
+def test_ctrl_c_while_the_command_line_is_read_is_exit_130_without_a_traceback(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import sdgan_stream.cli as cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert cli.main(["anonymize", "x.mp4"]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted"
+
+
+def test_an_avi_output_keeps_its_frames_in_time_order(face_clip: SyntheticClip, tmp_path: Path) -> None:
+    # AVI stores no presentation times: B-frames there came out with their times shuffled
+    import av
+
+    out = tmp_path / "out.avi"
+    anonymize_video(face_clip.path, out, audio=False, **COVERS)
+    with av.open(str(out)) as container:
+        times = [float(frame.time) for frame in container.decode(video=0)]
+    assert len(times) == face_clip.frame_count and times == sorted(times)
+
+
+def _ts_recording(path: Path, frames: int, size: tuple[int, int] = (160, 120)) -> bytes:
+    """An MPEG-TS recording with H.264 video (25 fps) and AAC audio whose timestamps start at zero."""
+    import av
+
+    with av.open(str(path), "w", format="mpegts") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        audio = container.add_stream("aac", rate=48000, layout="mono")
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.full((size[1], size[0], 3), 10 * i, np.uint8), format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for start in range(0, frames * 48000 // 25, 1024):
+            sound = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            sound.sample_rate, sound.pts = 48000, start
+            for packet in audio.encode(sound):
+                container.mux(packet)
+        for coder in (stream, audio):
+            for packet in coder.encode(None):
+                container.mux(packet)
+    return path.read_bytes()
+
+
+def test_two_ts_recordings_joined_keep_their_frames_in_time(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # the second recording's timestamps start again from zero: the rest continues one frame (audio: one packet)
+    # after the last
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(_ts_recording(tmp_path / "a.ts", 10) + _ts_recording(tmp_path / "b.ts", 10))
+    out = tmp_path / "out.mkv"
+    with caplog.at_level("WARNING"):
+        report = anonymize_video(joined, out, audio=True, **COVERS)
+    assert report.frames == 20 and "discontinuity" in caplog.text
+    import av
+
+    with av.open(str(out)) as container:
+        times = [float(frame.time) for frame in container.decode(video=0)]
+    with av.open(str(joined)) as container:
+        audio_in = len([p for p in container.demux(audio=0) if p.size])
+    with av.open(str(out)) as container:
+        audio_out = len([p for p in container.demux(audio=0) if p.size])
+    steps = np.diff(times)
+    assert len(times) == 20 and np.allclose(steps, 0.04, atol=0.002), times
+    assert audio_out == audio_in > 0  # every audio packet, past the jump too
+
+
 def test_folder_input_anonymizes_every_video(face_clip: SyntheticClip, tmp_path: Path) -> None:
     folder = tmp_path / "videos"
     folder.mkdir()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -32,10 +33,13 @@ from .source import ColourInfo
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VideoFileSink", "choose_h264_encoder", "output_path_for"]
+__all__ = ["VideoFileSink", "choose_h264_encoder", "output_path_for", "same_file"]
 
 # Containers that cannot hold H.264: encode VP9 there instead.
 _VP9_CONTAINERS = frozenset({".webm"})
+# Containers that store no presentation timestamps (AVI keeps one per frame in decode order): B-frames
+# there come out with their frames' times shuffled, so none are used.
+_NO_REORDER_CONTAINERS = frozenset({".avi"})
 # FFmpeg AVColorSpace (what streams are tagged with) -> swscale SWS_CS_* (what its converter takes).
 _SWS_MATRIX = {1: 1, 4: 4, 5: 5, 6: 5, 7: 7, 9: 9, 10: 9}
 _LIMITED_RANGE = 1
@@ -92,12 +96,26 @@ def output_path_for(input_path: Path, suffix: str = "_anonymized") -> Path:
     return input_path.with_name(f"{input_path.stem}{suffix}{input_path.suffix}")
 
 
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name one file: the same path, a symlink to it or a hard link to it (writing one
+    would empty the other)."""
+    a, b = Path(a), Path(b)
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
 class _AudioCopier:
     """Copies the first audio stream of ``source_path`` into ``container`` packet for packet."""
 
     def __init__(self, source_path: Path, container: av.container.OutputContainer) -> None:
         self._input = av.open(str(source_path), mode="r")
         in_stream = self._input.streams.audio[0]
+        left = len(self._input.streams.audio) - 1 + len(self._input.streams.subtitles) + len(self._input.streams.data)
+        if left:  # say so: a second language or the subtitles are easy to miss until someone needs them
+            log.warning("%s: only the first audio stream is copied; %d other stream(s) (audio, subtitles, data) are left out",
+                        source_path, left)
         try:
             self._out_stream = container.add_stream_from_template(in_stream)
         except (ValueError, av.error.FFmpegError) as error:
@@ -110,6 +128,11 @@ class _AudioCopier:
         self._pending: av.Packet | None = None
         self._done = False
         self.copied = 0
+        # Timestamps that jump back (MPEG-TS recordings joined) would stop the muxer: such packets and the
+        # rest continue one packet after the last instead, as the video does (``VideoFileSource.frames``).
+        self._offset = 0
+        self._last_dts: int | None = None
+        self._last_duration = 0
 
     def _next(self) -> av.Packet | None:
         while not self._done:
@@ -123,6 +146,14 @@ class _AudioCopier:
                 self._done = True
                 return None
             if packet.dts is not None and packet.size:  # skip the demuxer's empty flush packet
+                if self._last_dts is not None and packet.dts + self._offset <= self._last_dts:
+                    self._offset = self._last_dts + (packet.duration or self._last_duration or 1) - packet.dts
+                    log.warning("audio timestamps jump back (a discontinuity): the rest continues after the last packet")
+                if self._offset:
+                    packet.dts += self._offset
+                    if packet.pts is not None:
+                        packet.pts += self._offset
+                self._last_dts, self._last_duration = packet.dts, packet.duration or self._last_duration
                 return packet
         return None
 
@@ -143,6 +174,15 @@ class _AudioCopier:
 
     def close(self) -> None:
         self._input.close()
+
+
+def _file_state(path: Path) -> tuple[int, int, int] | None:
+    """(inode, size, modification time) of a file, None when there is none: tells whether it was changed."""
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return status.st_ino, status.st_size, status.st_mtime_ns
 
 
 class VideoFileSink:
@@ -168,22 +208,29 @@ class VideoFileSink:
         self.colour = colour or ColourInfo()
         if not self.path.parent.exists():
             raise OutputError(f"output folder does not exist: {self.path.parent}")
+        if self.path.is_dir():
+            raise OutputError(f"the output is a folder: {self.path}")
+        # A file already at the output path is left as it was until the first frame is written: a job that
+        # fails before that (a container that cannot hold the codec or the audio) must not destroy it.
+        self._before = _file_state(self.path)
         try:
-            # FFmpeg opens the file lazily at the first packet; fail now, before any work is done.
-            with open(self.path, "wb"):
+            # FFmpeg opens the file lazily at the first packet; fail now, before any work is done (append
+            # mode: checks that the file can be written without emptying it).
+            with open(self.path, "ab"):
                 pass
         except OSError as error:
             raise OutputError(f"cannot write {self.path}: {error.strerror or error}") from error
         try:
             self._container = av.open(str(self.path), mode="w")
         except (av.error.FFmpegError, ValueError, OSError) as error:
+            self._remove_if_ours()
             raise OutputError(f"cannot write {self.path}: {getattr(error, 'strerror', None) or error}") from error
         try:
             self._stream = self._add_video_stream(crf=crf, preset=preset, encoder=video_encoder)
             self._audio = _AudioCopier(Path(audio_from), self._container) if audio_from else None
         except Exception:
             self._container.close()
-            self.path.unlink(missing_ok=True)
+            self._remove_if_ours()
             raise
         self._last_pts: int | None = None
         self._default_duration = self._frame_duration()
@@ -224,6 +271,8 @@ class VideoFileSink:
             stream.options = {"rc": "vbr", "cq": str(crf), "b": "0", "preset": "p4"}
         else:
             stream.options = {"crf": str(crf), "preset": preset}
+        if self.path.suffix.lower() in _NO_REORDER_CONTAINERS and not vp9:
+            stream.options = {**stream.options, "bf": "0"}
         if info.rotation:
             stream.set_display_rotation(info.rotation)
         return stream
@@ -276,19 +325,28 @@ class VideoFileSink:
 
     def close(self, *, complete: bool = True) -> None:
         """Flush the encoder and finalize the file. ``complete=False`` (interrupted) cuts the audio at
-        the last written frame instead of copying it to the end."""
+        the last written frame instead of copying it to the end. A write that fails here (a full disk)
+        is an :class:`OutputError`."""
         try:
-            for packet in self._stream.encode(None):
-                self._container.mux(packet)
-            if self._audio is not None:
-                end = None
-                if not complete and self._last_pts is not None and self.info.time_base is not None:
-                    end = float((self._last_pts + self._default_duration) * self.info.time_base)
-                self._audio.mux_until(self._container, end)
-        finally:
-            if self._audio is not None:
-                self._audio.close()
-            self._container.close()
+            try:
+                for packet in self._stream.encode(None):
+                    self._container.mux(packet)
+                if self._audio is not None:
+                    end = None
+                    if not complete and self._last_pts is not None and self.info.time_base is not None:
+                        end = float((self._last_pts + self._default_duration) * self.info.time_base)
+                    self._audio.mux_until(self._container, end)
+            finally:
+                if self._audio is not None:
+                    self._audio.close()
+                self._container.close()
+        except (av.error.FFmpegError, OSError) as error:
+            raise OutputError(f"finishing {self.path} failed: {getattr(error, 'strerror', None) or error}") from error
+
+    def _remove_if_ours(self) -> None:
+        """Remove the output file if this sink created or changed it; a file it never touched stays."""
+        if self._before is None or _file_state(self.path) != self._before:
+            self.path.unlink(missing_ok=True)
 
     def abort(self) -> None:
         """Best-effort close after a failure: never raises, so the original error is what the user sees.
@@ -298,7 +356,7 @@ class VideoFileSink:
         except Exception as error:  # the job already failed; a second error would only hide the first
             log.warning("could not finalize %s after an error: %s", self.path, error)
         if self.frames_written == 0:
-            self.path.unlink(missing_ok=True)
+            self._remove_if_ours()
 
     @property
     def audio_packets_copied(self) -> int:

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -161,6 +162,7 @@ class VideoFileSource:
         index = 0
         pending = [self._first]
         wrap_offset, last_pts = 0, None
+        resized_warned = False
         deep = self.colour.bits > 8
         if start_pts is not None and self._first.pts is not None and start_pts > self._first.pts:
             pending = self._seek(start_pts)
@@ -183,8 +185,18 @@ class VideoFileSource:
                 if last_pts is not None and pts + wrap_offset < last_pts - _PTS_WRAP // 2:
                     wrap_offset += _PTS_WRAP  # the 33-bit counter went round: time goes on
                     log.info("MPEG-TS timestamp wrap at frame %d: unwrapped", index)
+                elif last_pts is not None and pts + wrap_offset <= last_pts:
+                    # A discontinuity (recordings joined, an encoder restarted): time goes back. The rest
+                    # continues one frame after the last, as FFmpeg's own tools do for these formats;
+                    # otherwise every later frame would be nudged to one tick after the one before.
+                    wrap_offset = last_pts + self._frame_ticks() - pts
+                    log.warning("timestamps jump back at frame %d (a discontinuity): the rest continues from %d", index, last_pts)
                 pts += wrap_offset
                 last_pts = pts
+            if (frame.width, frame.height) != (self.info.width, self.info.height) and not resized_warned:
+                resized_warned = True  # the output keeps one size: the encoder scales these frames to it
+                log.warning("the picture size changes at frame %d (%dx%d -> %dx%d): written scaled to %dx%d", index,
+                            self.info.width, self.info.height, frame.width, frame.height, self.info.width, self.info.height)
             if deep:
                 samples = frame.to_ndarray(format="rgb48le")
                 image = ((samples.astype(np.uint32) + 128) // 257).astype(np.uint8)
@@ -199,6 +211,12 @@ class VideoFileSource:
                 deep=samples,
             )
             index += 1
+
+    def _frame_ticks(self) -> int:
+        """One frame's duration in the stream's time base (25 fps when the stream does not say)."""
+        rate = self._stream.average_rate or self._stream.guessed_rate or 25
+        time_base = self._stream.time_base or Fraction(1, 90000)
+        return max(1, round(1 / (Fraction(rate) * time_base)))
 
     def _seek(self, pts: int) -> list[av.VideoFrame]:
         """Restart decoding at the keyframe at or before ``pts``; returns the first frame at or after it."""
