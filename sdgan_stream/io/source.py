@@ -185,10 +185,11 @@ class VideoFileSource:
                 if last_pts is not None and pts + wrap_offset < last_pts - _PTS_WRAP // 2:
                     wrap_offset += _PTS_WRAP  # the 33-bit counter went round: time goes on
                     log.info("MPEG-TS timestamp wrap at frame %d: unwrapped", index)
-                elif last_pts is not None and pts + wrap_offset <= last_pts:
-                    # A discontinuity (recordings joined, an encoder restarted): time goes back. The rest
-                    # continues one frame after the last, as FFmpeg's own tools do for these formats;
-                    # otherwise every later frame would be nudged to one tick after the one before.
+                elif last_pts is not None and pts + wrap_offset < last_pts - self._frame_ticks():
+                    # A discontinuity (recordings joined, an encoder restarted): time goes back more than a
+                    # frame. The rest continues one frame after the last, as FFmpeg's own tools do for these
+                    # formats; otherwise every later frame would be nudged to one tick after the one before.
+                    # (A smaller step back, a stamp repeated, is the sink's to nudge: the rest keeps its times.)
                     wrap_offset = last_pts + self._frame_ticks() - pts
                     log.warning("timestamps jump back at frame %d (a discontinuity): the rest continues from %d", index, last_pts)
                 pts += wrap_offset
