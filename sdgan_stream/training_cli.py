@@ -70,7 +70,7 @@ def add_prepare_data_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
-    from .models.generator import GeneratorConfig
+    from .models.config import GeneratorConfig
 
     d = GeneratorConfig()
     p = subparsers.add_parser(

@@ -395,6 +395,19 @@ def test_ctrl_c_while_the_command_line_is_read_is_exit_130_without_a_traceback(m
     assert capsys.readouterr().err.strip() == "interrupted"
 
 
+def test_the_command_line_starts_without_torch() -> None:
+    # a cover job needs no torch, and importing it cost a second at every start (and widened the window in
+    # which a Ctrl-C lands inside an import); the parser reads the generator's defaults from a torch-free module
+    import subprocess
+    import sys
+
+    code = ("import sys; from sdgan_stream.cli import build_parser; build_parser().parse_args(['anonymize', 'x.mp4']); "
+            "from sdgan_stream.models import GeneratorConfig; GeneratorConfig(); print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
 def test_an_avi_output_keeps_its_frames_in_time_order(face_clip: SyntheticClip, tmp_path: Path) -> None:
     # AVI stores no presentation times: B-frames there came out with their times shuffled
     import av
