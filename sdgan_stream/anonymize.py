@@ -122,6 +122,7 @@ class AnalysedFrame:
     analysis_failed: bool
     faces: list[Face] = field(default_factory=list)
     prepared: object | None = None  # the renderer's own preparation of ``faces``, made during analysis
+    new_stream: bool = False  # the first frame after a reset: rendering drops its per-track state first
 
 
 class FrameAnonymizer:
@@ -153,6 +154,7 @@ class FrameAnonymizer:
         self.rotation = rotation
         self._fallback = CoverRenderer(method=fallback_cover)
         self._consecutive_failures = 0
+        self._new_stream = False
         self.stats: Counter[str] = Counter()
 
     # -- analysis -------------------------------------------------------------------------------
@@ -186,7 +188,8 @@ class FrameAnonymizer:
             self._consecutive_failures += 1
             if self._consecutive_failures >= MAX_CONSECUTIVE_ANALYSIS_FAILURES:
                 raise RuntimeError(f"face analysis failed on {self._consecutive_failures} frames in a row; giving up")
-        analysed = AnalysedFrame(frame, image, failed)
+        analysed = AnalysedFrame(frame, image, failed, new_stream=self._new_stream)
+        self._new_stream = False
         if self.lookback is None:
             analysed.faces = faces
             return self._prepared([analysed])
@@ -219,9 +222,16 @@ class FrameAnonymizer:
         return [self.render(item) for item in self.analyse_flush()]
 
     def reset(self) -> None:
-        """Forget all tracking state (a new stream, or a reconnect)."""
+        """Forget all tracking state (a new stream, or a reconnect). Track ids start again, so everything keyed
+        by them goes too: the detector's followed faces here, and (on the rendering side, with the next frame,
+        which may run on another thread) the renderer's per-track state, the identity guard's decisions among
+        it, and the keep list's confirmations: a new person given an old track id must inherit none of them."""
         if self.tracker is not None:
             self.tracker.reset()
+        reset_detector = getattr(self.detector, "reset", None)
+        if reset_detector is not None:
+            reset_detector()
+        self._new_stream = True
 
     # -- rendering ------------------------------------------------------------------------------
     def render(self, analysed: AnalysedFrame) -> VideoFrame:
@@ -229,6 +239,11 @@ class FrameAnonymizer:
         back to its stored orientation. All of :attr:`stats` is counted here (one thread)."""
         image = analysed.image  # owned by this frame: drawn on in place
         faces = analysed.faces
+        if analysed.new_stream:
+            for owner in (self.renderer, self.exempt):
+                forget = getattr(owner, "forget_tracks", None)
+                if forget is not None:
+                    forget()
         if analysed.analysis_failed:
             cover_whole_frame(image)
             self.stats["frames_covered_whole"] += 1

@@ -126,6 +126,10 @@ class ExemptFaces:
         log.info("keep list: %d people from %d photos in %s", len(people), len(paths), root)
         return cls(recognizer, {k: np.stack(v) for k, v in people.items()}, landmarker=landmarker, **options)
 
+    def forget_tracks(self) -> None:
+        """Drop every track's confirmation (track ids start again: a new stream or an input reconnect)."""
+        self._tracks = {}
+
     def split(self, image: np.ndarray, faces: Sequence[Face]) -> tuple[list[Face], list[Face]]:
         """(faces to anonymize, faces left visible) for one frame, given in display orientation."""
         self._frame += 1

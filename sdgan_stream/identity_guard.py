@@ -334,6 +334,12 @@ class IdentityGuard:
         """Drop one face's state (an untracked face lives for one frame)."""
         self._states.pop(key, None)
 
+    def forget_tracks(self) -> None:
+        """Drop every track's state (track ids start again after an input reconnect). The ledger stays: it
+        knows people by their faces, not by track ids, and still verifies what it offers."""
+        self._states = {}
+        self._on_screen = None
+
     @property
     def tracks(self) -> int:
         return len(self._states)

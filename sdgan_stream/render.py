@@ -278,22 +278,39 @@ class SdganRenderer:
         decisions are keyed by track ids, which restart with every stream (a cluster worker's next video), and the
         identity ledger's persons belong to one video."""
         clone = copy.copy(self)
-        clone._previous = {}
-        clone._regions = {}
-        clone._held = {}
-        clone._generated = {}
-        clone._generated_now = {}
+        clone._clear_tracks()
         clone.reused_faces = 0
-        clone._pasted = {}
         clone.stabilizer = LandmarkStabilizer(jitter=self.stabilizer.jitter, floor=self.stabilizer.floor)
         clone.last_generated = []
-        clone._frames_seen, clone._waiting = 0, {}
+        clone._frames_seen = 0
         if self.guard is not None:
             from .identity_guard import IdentityGuard
 
             ledger = self.guard.ledger.empty_copy() if self.guard.ledger is not None else None
             clone.guard = IdentityGuard(self.guard.recognizer, self.guard.config, ledger=ledger)
         return clone
+
+    def forget_tracks(self) -> None:
+        """Drop every per-track state in place: track ids start again after an input reconnect, and a new
+        person given an old id must not inherit the old one's held inputs, smoothing or verified identity
+        (the guard re-draws and verifies against the new person; its ledger, which knows people by face,
+        stays). Called by the rendering stage. The landmark filter's history is reset too unless landmarks
+        are fitted on the analysis thread (a GPU job): there it is bounded anyway (a filtered point never
+        strays more than half its jitter scale from the fit)."""
+        self._clear_tracks()
+        if not self.prepares_in_analysis:
+            self.stabilizer = LandmarkStabilizer(jitter=self.stabilizer.jitter, floor=self.stabilizer.floor)
+        if self.guard is not None:
+            self.guard.forget_tracks()
+
+    def _clear_tracks(self) -> None:
+        self._previous = {}
+        self._regions = {}
+        self._held = {}
+        self._generated = {}
+        self._generated_now = {}
+        self._pasted = {}
+        self._waiting = {}
 
     def prepare(self, image: np.ndarray, faces: Sequence[Face], *, steady: bool = True) -> list[PreparedFace | FaceFallback]:
         """Landmarks, aligned crop, semantic map and region of every face. Reads only ``image``; with

@@ -331,3 +331,60 @@ def test_the_output_hold_needs_the_same_map_region_identity_and_track() -> None:
 def test_a_negative_context_tolerance_is_refused() -> None:
     with pytest.raises(ValueError, match="context tolerance"):
         _renderer(context_tolerance=-1.0)
+
+
+class _CountingGuard:
+    def __init__(self) -> None:
+        self.forgotten = 0
+
+    def forget_tracks(self) -> None:
+        self.forgotten += 1
+
+
+def test_a_reconnect_drops_every_per_track_state_so_a_new_person_inherits_nothing() -> None:
+    """Track ids start again after an input reconnect: a new person given track 1 must not be served the
+    old track 1's held map, smoothing or verified identity."""
+    from fractions import Fraction
+
+    from sdgan_stream.anonymize import FrameAnonymizer
+    from sdgan_stream.live import LiveProcessor
+    from sdgan_stream.types import Detections, VideoFrame
+
+    renderer = _renderer()
+    renderer.guard = _CountingGuard()  # type: ignore[assignment]
+    points = _points()
+    _frames(renderer, [_prepared(points, label=1)])  # track 1's inputs are held
+    renderer._regions, renderer._previous = {1: np.ones((S, S), np.float32)}, {(1, 3): (None, None)}
+    assert renderer._held and renderer._regions and renderer._previous
+
+    class Nobody:
+        def detect(self, image):
+            return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32))
+
+    class Sessions:  # frames 0-1 from the first connection, 2-3 from the second
+        def session_of(self, index: int) -> int:
+            return index // 2
+
+    class Keep:
+        forgotten = 0
+
+        def forget_tracks(self) -> None:
+            Keep.forgotten += 1
+
+        def split(self, image, faces):
+            return list(faces), []
+
+    anonymizer = FrameAnonymizer(detector=Nobody(), renderer=renderer, exempt=Keep())  # type: ignore[arg-type]
+    processor = LiveProcessor(anonymizer, Sessions())  # type: ignore[arg-type]
+    flags = []
+    for index in range(4):
+        frame = VideoFrame(np.zeros((64, 64, 3), np.uint8), index, index, Fraction(1, 25))
+        for item in processor.analyse_frame(frame):
+            flags.append(item.new_stream)
+            held_before = bool(renderer._held)
+            anonymizer.render(item)
+            if index < 2:
+                assert held_before and renderer._held, "the first connection keeps its state"
+    assert flags == [False, False, True, False]  # only the first frame of the new connection
+    assert not renderer._held and not renderer._regions and not renderer._previous
+    assert renderer.guard.forgotten == 1 and Keep.forgotten == 1  # type: ignore[attr-defined]

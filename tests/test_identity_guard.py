@@ -311,6 +311,20 @@ def test_a_verified_identity_is_generated_and_kept_across_frames(plain_renderer:
     assert np.abs(first[y1:y2, x1:x2].astype(int) - second[y1:y2, x1:x2]).mean() < 2  # the same identity
 
 
+def test_after_a_reconnect_a_track_draws_and_verifies_again(plain_renderer: SdganRenderer) -> None:
+    # track ids start again after an input reconnect: the person now on track 1 may be someone else
+    image, face = _photo_face()
+    recognizer = FakeRecognizer()
+    renderer = _renderer_with(plain_renderer, recognizer, candidates=4, min_distance=0.05, recheck_every=100)
+    renderer.render(image.copy(), [face])
+    renderer.render(image.copy(), [face])
+    assert renderer.guard.counts["draws"] == 1  # kept, unchecked until the re-check
+    renderer.forget_tracks()
+    assert renderer.guard.tracks == 0
+    renderer.render(image.copy(), [face])
+    assert renderer.guard.counts["draws"] == 2  # drawn and verified against whoever is there now
+
+
 class _CountingBackend:
     def __init__(self, backend) -> None:
         self.backend, self.device, self.faces = backend, backend.device, 0
