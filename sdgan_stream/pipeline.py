@@ -299,8 +299,7 @@ def run_pipeline(
         decoded.abandon()
         analysed.abandon()
         processed.close()
-        for thread in threads:
-            _join(thread, join_timeout)
+        _join_all(threads, join_timeout)
     result.interrupted = result.interrupted or externally_stopped
     result.seconds = time.monotonic() - started
     if failure.error is not None:
@@ -407,6 +406,22 @@ def _join(thread: threading.Thread, timeout: float) -> None:
     thread.join(timeout)
     if thread.is_alive():  # a daemon: it cannot keep the process alive; say which one is stuck
         log.error("thread %s did not end within %.0f s; leaving it behind", thread.name, timeout)
+
+
+def _join_all(threads: Iterable[threading.Thread], timeout: float) -> None:
+    """Join every thread (each within ``timeout``). A Ctrl-C meanwhile (the user insists) is raised only once
+    they are joined: the encode thread may be writing the output, which the caller closes next, and two
+    threads in one file could leave it unplayable."""
+    insisted = False
+    for thread in threads:
+        while True:
+            try:
+                _join(thread, timeout)
+                break
+            except KeyboardInterrupt:
+                insisted = True
+    if insisted:
+        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager

@@ -272,3 +272,23 @@ def test_analysed_frames_carry_their_faces_through_the_lookback_buffer() -> None
     analysed = [item for frame in _noise_frames(4) for item in anonymizer.analyse_frame(frame)] + anonymizer.analyse_flush()
     assert [a.frame.index for a in analysed] == [0, 1, 2, 3]
     assert all(isinstance(a, AnalysedFrame) and len(a.faces) == 1 and not a.analysis_failed for a in analysed)
+
+
+def test_a_ctrl_c_while_the_threads_are_joined_waits_for_them_then_is_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a second Ctrl-C during shutdown: the encode thread may still be writing the output, which the caller
+    # closes next; every thread is joined first, then the interrupt goes on
+    import sdgan_stream.pipeline as pipeline
+
+    joined: list[str] = []
+    interrupts = iter([True, False, False, False])
+
+    def join(thread, timeout):
+        if next(interrupts):
+            raise KeyboardInterrupt
+        joined.append(thread.name)
+
+    monkeypatch.setattr(pipeline, "_join", join)
+    threads = [threading.Thread(name=name) for name in ("decode", "encode", "analyse")]
+    with pytest.raises(KeyboardInterrupt):
+        pipeline._join_all(threads, 1.0)
+    assert joined == ["decode", "encode", "analyse"]
