@@ -359,7 +359,8 @@ class SdganRenderer:
                 self.last_generated = list(zip(ready, generated))
         else:
             pasted: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
-            replaced = np.zeros(image.shape[:2], bool)  # no face's paste ring may bring back another's original
+            # no face's paste ring may bring back another's original (one face: nothing to keep it off)
+            replaced = np.zeros(image.shape[:2], bool) if len(ready) > 1 else None
             for start in range(0, len(ready), self.batch_size):
                 chunk = ready[start : start + self.batch_size]
                 crops = self.generate_crops(chunk, smoothed_into=current)

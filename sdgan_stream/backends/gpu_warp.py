@@ -468,7 +468,7 @@ class DeviceFrameRenderer:
         composite = torch.where(region, generated, crops)
         colour = seamless_blend(composite, crops, seamless_plan(faces)).round() if self.blend else composite
         alpha = feather_alpha(region.float(), self.feather * size)
-        paste_crops(frame, colour, alpha, matrices, regions=region.float())
+        paste_crops(frame, colour, alpha, matrices, regions=region.float() if len(faces) > 1 else None)  # see paste_crops
         host.copy_(frame.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0), non_blocking=True)
         crops_out = composite.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # synchronizes the stream
         if self.device.type == "cuda":

@@ -162,6 +162,7 @@ class VideoFileSource:
         index = 0
         pending = [self._first]
         wrap_offset, last_pts = 0, None
+        ticks = self._frame_ticks()  # one frame's duration: a jump back of more than it is a discontinuity
         resized_warned = False
         deep = self.colour.bits > 8
         if start_pts is not None and self._first.pts is not None and start_pts > self._first.pts:
@@ -185,12 +186,12 @@ class VideoFileSource:
                 if last_pts is not None and pts + wrap_offset < last_pts - _PTS_WRAP // 2:
                     wrap_offset += _PTS_WRAP  # the 33-bit counter went round: time goes on
                     log.info("MPEG-TS timestamp wrap at frame %d: unwrapped", index)
-                elif last_pts is not None and pts + wrap_offset < last_pts - self._frame_ticks():
+                elif last_pts is not None and pts + wrap_offset < last_pts - ticks:
                     # A discontinuity (recordings joined, an encoder restarted): time goes back more than a
                     # frame. The rest continues one frame after the last, as FFmpeg's own tools do for these
                     # formats; otherwise every later frame would be nudged to one tick after the one before.
                     # (A smaller step back, a stamp repeated, is the sink's to nudge: the rest keeps its times.)
-                    wrap_offset = last_pts + self._frame_ticks() - pts
+                    wrap_offset = last_pts + ticks - pts
                     log.warning("timestamps jump back at frame %d (a discontinuity): the rest continues from %d", index, last_pts)
                 pts += wrap_offset
                 last_pts = pts
